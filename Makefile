@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine with python3 and make:
+#   make run    create .venv, install mixvae, train configs/quick.yaml on the bundled digits data
+#   make test   create .venv, install mixvae with the dev extras, run every test
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: run test bench install dev clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+dev: $(DEV_STAMP)
+
+run: $(STAMP)
+	$(BIN)/mixvae train --config configs/quick.yaml
+
+test: $(DEV_STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -rs
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) reports .mixvae mlruns mlflow.db

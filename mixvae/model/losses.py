@@ -1,0 +1,199 @@
+"""Likelihoods and the named loss terms of the objective (SPEC §5.7, §6.1).
+
+Each term is one function here; ``compute_terms`` applies the configured weights (never the schedule
+factors of §6.2) and returns per-image, per-labeled-image and per-step values. The trainer takes
+masked means over the valid images and adds the schedule factors to form the objective.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from mixvae.metrics.keys import KEYS, LOSS_TERMS
+from mixvae.model import tau as tau_lib
+from mixvae.model.routing import is_active, masked_log_softmax
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_PIXEL_AXES = (-3, -2, -1)
+
+
+# --- per-image negative log-likelihoods ℓ (SPEC §5.7) -----------------------------------------------
+
+def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
+    """ℓ = Σ_p [softplus(o_p) − x_p o_p]: the Bernoulli NLL on logits o, summed over the pixels."""
+    return jnp.sum(jax.nn.softplus(logits) - x * logits, axis=_PIXEL_AXES)
+
+
+def squared_error(mean: jax.Array, x: jax.Array) -> jax.Array:
+    """ℓ = Σ_p (x_p − μ_p)²."""
+    return jnp.sum(jnp.square(x - mean), axis=_PIXEL_AXES)
+
+
+def gaussian_nll_pixel(mean: jax.Array, sigma: jax.Array, x: jax.Array) -> jax.Array:
+    """ℓ = Σ_p [(x_p − μ_p)² / (2σ_p²) + log σ_p] + (P/2) log 2π, one σ per pixel."""
+    num_pixels = math.prod(mean.shape[-3:])
+    per_pixel = jnp.square(x - mean) / (2.0 * jnp.square(sigma)) + jnp.log(sigma)
+    return jnp.sum(per_pixel, axis=_PIXEL_AXES) + 0.5 * num_pixels * _LOG_2PI
+
+
+def gaussian_nll_image(mean: jax.Array, sigma: jax.Array, x: jax.Array) -> jax.Array:
+    """ℓ = Σ_p (x_p − μ_p)² / (2σ²) + P log σ + (P/2) log 2π, one σ per image (``sigma`` has the batch shape)."""
+    num_pixels = math.prod(mean.shape[-3:])
+    return (jnp.sum(jnp.square(x - mean), axis=_PIXEL_AXES) / (2.0 * jnp.square(sigma))
+            + num_pixels * jnp.log(sigma) + 0.5 * num_pixels * _LOG_2PI)
+
+
+def image_nll(likelihood: str, out: jax.Array, sigma: jax.Array | None, x: jax.Array) -> jax.Array:
+    """ℓ for outputs [..., H, W, Ch] against images x broadcast to them → the leading shape."""
+    if likelihood == "bce":
+        return bernoulli_nll(out, x)
+    if likelihood == "mse":
+        return squared_error(out, x)
+    if sigma.ndim == out.ndim:
+        return gaussian_nll_pixel(out, sigma, x)
+    return gaussian_nll_image(out, sigma, x)
+
+
+def expected_nll(likelihood: str, fwd, x: jax.Array) -> jax.Array:
+    """Per image: Σ_{k∈S} w_k ℓ(x; out_k) for component-decoding priors, ℓ(x; out) otherwise → [B].
+
+    This is ``loss.recon`` without ``recon_weight`` and the served ``reconstruction_error``.
+    """
+    if fwd.decoded_weight is None:
+        return image_nll(likelihood, fwd.out, fwd.sigma, x)
+    per_component = image_nll(likelihood, fwd.out, fwd.sigma, x[:, None])  # [B, M]
+    return jnp.sum(fwd.decoded_weight * per_component, axis=-1)
+
+
+# --- component regularisers (SPEC §6.1, §6.1.2) ------------------------------------------------------
+
+def _xlogx(p: jax.Array) -> jax.Array:
+    """p log p with 0 log 0 = 0 and no NaN gradient at 0 (double where)."""
+    positive = p > 0
+    return jnp.where(positive, p * jnp.log(jnp.where(positive, p, 1.0)), 0.0)
+
+
+def log_pi_active(pi_logits: jax.Array, active_mask: jax.Array) -> jax.Array:
+    """log π^A_k = log(π_k / Σ_{j∈A} π_j) for k ∈ A; 0 (not −∞) on inactive channels."""
+    return masked_log_softmax(jnp.where(is_active(active_mask), pi_logits, -jnp.inf), active_mask)
+
+
+def categorical_kl(responsibilities: jax.Array, pi_logits: jax.Array, active_mask: jax.Array) -> jax.Array:
+    """KL(r ‖ π^A) = Σ_{k∈A} r_k (log r_k − log π^A_k) per image → [B]; inactive channels have r_k = 0."""
+    log_pi = log_pi_active(pi_logits, active_mask)
+    cross = jnp.where(is_active(active_mask), responsibilities * log_pi, 0.0)
+    return jnp.sum(_xlogx(responsibilities) - cross, axis=-1)
+
+
+def logit_mog_neg_log_prior(logits: jax.Array, active_mask: jax.Array, mode_offset: float,
+                            sigma: float) -> jax.Array:
+    """−log p_A(y) for raw logits y [B, K] → [B] (SPEC §6.1.2).
+
+    log p_A(y) = logsumexp_{k∈A} [−(K/2) log(2πσ²) − ‖y − M·1_k‖² / (2σ²)] − log |A|.
+    """
+    k = logits.shape[-1]
+    active = is_active(active_mask)
+    # ‖y − M·1_k‖² = ‖y‖² − 2M y_k + M²
+    sq_dist = jnp.sum(jnp.square(logits), axis=-1, keepdims=True) - 2.0 * mode_offset * logits + mode_offset ** 2
+    log_components = -0.5 * k * jnp.log(2.0 * math.pi * sigma ** 2) - sq_dist / (2.0 * sigma ** 2)
+    log_sum = jax.nn.logsumexp(jnp.where(active, log_components, -jnp.inf), axis=-1)
+    return -(log_sum - jnp.log(jnp.sum(active.astype(logits.dtype))))
+
+
+def dirichlet_neg_log_prior(pi_logits: jax.Array, active_mask: jax.Array, alpha: float) -> jax.Array:
+    """−(α − 1) Σ_{k∈A} log π^A_k, once per step → []."""
+    return -(alpha - 1.0) * jnp.sum(log_pi_active(pi_logits, active_mask))
+
+
+def usage_entropy(responsibilities: jax.Array, valid: jax.Array) -> jax.Array:
+    """H(p̂) with p̂_k = 𝔼_b r_{b,k} over the valid images of the batch → []."""
+    weight = valid.astype(responsibilities.dtype)
+    p_hat = jnp.sum(weight[:, None] * responsibilities, axis=0) / jnp.maximum(jnp.sum(weight), 1.0)
+    return -jnp.sum(_xlogx(p_hat))
+
+
+def head_cross_entropy(class_logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """CE_b = −log softmax(class_logits_b)_{y_b} → [B]; any value where y_b = −1."""
+    safe_labels = jnp.where(labels >= 0, labels, 0)
+    log_probs = jax.nn.log_softmax(class_logits, axis=-1)
+    return -jnp.take_along_axis(log_probs, safe_labels[:, None], axis=-1)[:, 0]
+
+
+def l1_norm_of_kernels(model: nnx.Module) -> jax.Array:
+    """Σ |θ| over every Dense/Conv ``kernel`` (the decayed parameters of SPEC §7.1) → []."""
+    total = jnp.zeros((), jnp.float32)
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path and path[-1] == "kernel":
+            total = total + jnp.sum(jnp.abs(variable[...]))
+    return total
+
+
+# --- the terms ---------------------------------------------------------------------------------------
+
+@struct.dataclass
+class Terms:
+    image: dict      # per-image [B] values of the enabled per-image terms, weights applied
+    labeled: dict    # {'loss.classifier': [B]}, 0 where unlabeled or not valid (when enabled)
+    step: dict       # scalar per-step terms: loss.dirichlet, loss.diversity, loss.l1 (when enabled)
+
+
+def enabled_terms(cfg, num_labeled: int) -> dict[str, str | None]:
+    """Every loss term of §6.1 (not loss.total/objective) → None when enabled, else the disabled reason.
+
+    The applicability rules live once, in ``mixvae.metrics.keys``.
+    """
+    return {name: KEYS[name].applies(cfg, num_labeled) for name in LOSS_TERMS}
+
+
+def compute_terms(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.Array,
+                  tau_counts: jax.Array | None) -> Terms:
+    """The enabled loss terms of SPEC §6.1 with their configured weights and no schedule factors.
+
+    x [B, H, W, Ch]; labels int32 [B] with −1 = unlabeled; valid float32 [B] 0/1 (padded slots 0);
+    tau_counts [K, C] soft counts, or None when τ is off.
+    """
+    m = cfg.model
+    spec = model.spec
+    enabled = {name for name, reason in enabled_terms(cfg, cfg.data.num_labeled).items() if reason is None}
+
+    image = {"loss.recon": m.recon_weight * expected_nll(spec.likelihood, fwd, x)}
+    if "loss.kl_z" in enabled:
+        image["loss.kl_z"] = m.kl_weight * fwd.kl_z
+    if "loss.kl_c" in enabled:
+        image["loss.kl_c"] = m.kl_c_weight * categorical_kl(fwd.responsibilities, model.pi_logits_value(),
+                                                            fwd.active_mask)
+    if "loss.kl_c_logit_mog" in enabled:
+        image["loss.kl_c_logit_mog"] = m.c_logit_prior_weight * logit_mog_neg_log_prior(
+            fwd.logits, fwd.active_mask, m.c_logit_prior_mean, m.c_logit_prior_sigma)
+
+    labeled = {}
+    if "loss.classifier" in enabled:
+        if spec.classifier == "tau":
+            if tau_counts is None:
+                raise ValueError("compute_terms: model.use_tau_classifier is true but tau_counts is None; "
+                                 "pass the τ soft counts [K, C]")
+            ce = tau_lib.cross_entropy(fwd.responsibilities, tau_lib.tau_map(tau_counts), labels)
+        elif fwd.class_logits is not None:
+            ce = head_cross_entropy(fwd.class_logits, labels)
+        else:
+            raise ValueError("compute_terms: loss.classifier is enabled but the model has no classifier head; "
+                             "it was built with data.num_labeled = 0 or label_weight = 0")
+        is_labeled = tau_lib.labeled_mask(labels, valid) > 0.5
+        labeled["loss.classifier"] = jnp.where(is_labeled, m.label_weight * ce, 0.0)
+
+    step = {}
+    if "loss.dirichlet" in enabled:
+        pi_logits = model.pi_logits_value()
+        if pi_logits is None:
+            raise ValueError("compute_terms: model.dirichlet_alpha is set but this prior has no π")
+        step["loss.dirichlet"] = m.dirichlet_weight * dirichlet_neg_log_prior(pi_logits, fwd.active_mask,
+                                                                              m.dirichlet_alpha)
+    if "loss.diversity" in enabled:
+        step["loss.diversity"] = m.component_diversity_weight * usage_entropy(fwd.responsibilities, valid)
+    if "loss.l1" in enabled:
+        step["loss.l1"] = m.l1_weight * l1_norm_of_kernels(model)
+    return Terms(image=image, labeled=labeled, step=step)

@@ -1,0 +1,317 @@
+"""The MixVAE module and its forward pass (SPEC §5).
+
+One forward function maps a batch of images to a ``Forward`` record; ``losses.compute_terms`` turns it
+into named loss terms. Routing state (active mask, kick bias, temperature, straight-through switch)
+enters as arrays in a ``RouteCtx``, so changing it never recompiles. The module holds no RNG state:
+all noise comes from the step key, split into (reparam, gumbel, dropout) keys (SPEC §7.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from mixvae.model import priors, routing
+from mixvae.model.networks import (ClassifierHead, Conditioning, DecoderBackbone, Encoder, OutputHead,
+                                   bound_logvar)
+from mixvae.model.routing import RouteCtx
+
+MIXTURE_BASED = ("mixture", "vamp", "geometric_mog")
+COMPONENT_DECODING = ("mixture", "geometric_mog")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The static (hashable) part of the config that shapes the model."""
+
+    image_shape: tuple[int, int, int]
+    prior_type: str
+    num_components: int
+    num_classes: int
+    latent_dim: int
+    latent_layout: str
+    encoder_type: str
+    decoder_type: str
+    hidden_dims: tuple[int, ...]
+    conv_channels: tuple[int, ...]
+    embedding_dim: int
+    conditioning: str
+    learnable_pi: bool
+    use_gumbel: bool
+    use_straight_through: bool
+    top_m: int
+    likelihood: str                 # 'bce' | 'mse' | 'gaussian' (heteroscedastic)
+    sigma_granularity: str | None   # 'pixel' | 'image' when heteroscedastic, else None
+    sigma_min: float
+    sigma_max: float
+    vamp_num_samples_kl: int
+    geometric_arrangement: str
+    geometric_radius: float
+    classifier: str | None          # 'tau' | 'head' | None
+    dropout_rate: float
+
+    @property
+    def is_mixture_based(self) -> bool:
+        return self.prior_type in MIXTURE_BASED
+
+    @property
+    def is_component_decoding(self) -> bool:
+        return self.prior_type in COMPONENT_DECODING
+
+    @property
+    def decentralized(self) -> bool:
+        return self.latent_layout == "decentralized"
+
+    @staticmethod
+    def from_config(cfg, image_shape: tuple[int, int, int]) -> "ModelSpec":
+        m = cfg.model
+        component_decoding = m.prior_type in COMPONENT_DECODING
+        hetero = bool(m.use_heteroscedastic_decoder)
+        if m.use_tau_classifier:
+            classifier = "tau"
+        elif m.head_trained(cfg.data.num_labeled):
+            classifier = "head"
+        else:
+            classifier = None
+        conditioning = m.decoder_conditioning if component_decoding else "none"
+        if conditioning == "auto":  # a resolved config never says auto; keep the rule in one place anyway
+            conditioning = "cin"
+        embedding_dim = m.component_embedding_dim if m.component_embedding_dim is not None else m.latent_dim
+        return ModelSpec(
+            image_shape=tuple(int(v) for v in image_shape),
+            prior_type=m.prior_type,
+            num_components=int(m.num_components),
+            num_classes=int(m.num_classes),
+            latent_dim=int(m.latent_dim),
+            latent_layout=m.latent_layout if component_decoding else "shared",
+            encoder_type=m.encoder_type,
+            decoder_type=m.decoder_type,
+            hidden_dims=tuple(int(h) for h in m.hidden_dims),
+            conv_channels=tuple(int(c) for c in m.conv_channels),
+            embedding_dim=int(embedding_dim),
+            conditioning=conditioning,
+            learnable_pi=bool(m.learnable_pi),
+            use_gumbel=bool(m.use_gumbel_softmax) and component_decoding,
+            use_straight_through=bool(m.use_straight_through_gumbel),
+            top_m=int(m.top_m_gating) if component_decoding else 0,
+            likelihood="gaussian" if hetero else m.reconstruction_loss,
+            sigma_granularity=m.sigma_granularity if hetero else None,
+            sigma_min=float(m.sigma_min),
+            sigma_max=float(m.sigma_max),
+            vamp_num_samples_kl=int(m.vamp_num_samples_kl),
+            geometric_arrangement=m.geometric_arrangement,
+            geometric_radius=float(m.geometric_radius),
+            classifier=classifier,
+            dropout_rate=float(m.dropout_rate),
+        )
+
+
+@struct.dataclass
+class Forward:
+    """Result of one forward pass (SPEC §5.1); fields that do not apply are None.
+
+    B = batch, K = components, M = decoded components per image, D = latent_dim.
+    """
+
+    logits: jax.Array | None = None            # y [B, K], component-decoding priors
+    responsibilities: jax.Array | None = None  # r [B, K], mixture-based priors
+    routing: jax.Array | None = None           # s [B, K], component-decoding priors
+    soft_sample: jax.Array | None = None       # ŝ [B, K], training with Gumbel only
+    z_mean: jax.Array | None = None            # [B, D] or [B, K, D]
+    z_logvar: jax.Array | None = None          # same, bounded to (−10, 10)
+    z: jax.Array | None = None                 # same; = z_mean in evaluation
+    decoded_index: jax.Array | None = None     # [B, M] int32, component-decoding priors
+    decoded_weight: jax.Array | None = None    # w [B, M], component-decoding priors
+    out: jax.Array | None = None               # logits (bce) or means: [B, M, H, W, Ch] or [B, H, W, Ch]
+    sigma: jax.Array | None = None             # like out (pixel) or [B, M] / [B] (image); heteroscedastic
+    recon: jax.Array | None = None             # x̂ [B, H, W, Ch] (SPEC §5.8)
+    class_logits: jax.Array | None = None      # [B, C], classifier head only
+    kl_z: jax.Array | None = None              # [B] latent KL per image (SPEC §6.1.1), unweighted
+    kl_per_component: jax.Array | None = None  # [B, K] KL(q(z_k|x) ‖ prior_k), decentralized only
+    active_mask: jax.Array | None = None       # [K] the active mask this pass used (for π^A and p_A)
+
+
+def mean_images(spec: ModelSpec, out: jax.Array) -> jax.Array:
+    """m = sigmoid(o) for Bernoulli logits, else the means themselves (the sigmoid is applied only here)."""
+    return jax.nn.sigmoid(out) if spec.likelihood == "bce" else out
+
+
+def blended_sigma(fwd: Forward) -> jax.Array | None:
+    """σ̂ of the blended reconstruction (SPEC §5.8): σ̂² = Σ_k w_k (σ_k² + m_k²) − x̂².
+
+    Per pixel [B, H, W, Ch] for 'pixel' σ; per image [B] for 'image' σ (the mean of σ̂² over the
+    pixels). Single-decode priors return σ itself. None without the heteroscedastic head.
+    """
+    if fwd.sigma is None:
+        return None
+    if fwd.decoded_weight is None:
+        return fwd.sigma
+    w = fwd.decoded_weight
+    sigma = fwd.sigma if fwd.sigma.ndim == 5 else fwd.sigma[:, :, None, None, None]
+    second_moment = jnp.einsum("bm,bmhwc->bhwc", w, jnp.square(sigma) + jnp.square(fwd.out))
+    variance = jnp.maximum(second_moment - jnp.square(fwd.recon), 0.0)
+    if fwd.sigma.ndim == 2:
+        variance = jnp.mean(variance, axis=(1, 2, 3))
+    return jnp.sqrt(variance)
+
+
+class MixVAE(nnx.Module):
+    """Responsibility-conditioned mixture VAE (SPEC §5)."""
+
+    def __init__(self, cfg, image_shape: tuple[int, int, int], *, rngs: nnx.Rngs):
+        spec = ModelSpec.from_config(cfg, image_shape)
+        self.spec = spec
+        k, d = spec.num_components, spec.latent_dim
+        self.encoder = Encoder(spec.image_shape, spec.encoder_type, spec.hidden_dims, spec.conv_channels,
+                               rngs=rngs)
+        features = self.encoder.out_features
+        heads_out = k * d if spec.decentralized else d
+        self.z_mean_head = nnx.Linear(features, heads_out, rngs=rngs)
+        self.z_logvar_head = nnx.Linear(features, heads_out, rngs=rngs)
+
+        if spec.is_component_decoding:
+            self.logits_head = nnx.Linear(features, k, rngs=rngs)
+            self.embeddings = nnx.Param(jax.random.normal(rngs.params(), (k, spec.embedding_dim), jnp.float32))
+            self.pi_logits = nnx.Param(jnp.zeros((k,), jnp.float32))
+        else:
+            self.logits_head = None
+            self.embeddings = None
+            self.pi_logits = None
+
+        if spec.prior_type == "vamp":
+            # Placeholder until the trainer copies init_pseudo_inputs(cfg, train_x) in (set_pseudo_inputs).
+            self.pseudo_inputs = nnx.Param(jax.random.uniform(rngs.params(), (k, *spec.image_shape), jnp.float32))
+        else:
+            self.pseudo_inputs = None
+
+        self.decoder = DecoderBackbone(spec.image_shape, spec.decoder_type, d, spec.hidden_dims,
+                                       spec.conv_channels, rngs=rngs)
+        self.conditioning = Conditioning(spec.conditioning, self.decoder.out_features, spec.embedding_dim,
+                                         rngs=rngs)
+        self.output_head = OutputHead(spec.image_shape, spec.decoder_type, self.conditioning.out_features,
+                                      spec.sigma_granularity, spec.sigma_min, spec.sigma_max, rngs=rngs)
+        if spec.classifier == "head":
+            self.classifier_head = ClassifierHead(d, spec.hidden_dims[-1], spec.num_classes, spec.dropout_rate,
+                                                  rngs=rngs)
+        else:
+            self.classifier_head = None
+
+    # --- pieces -------------------------------------------------------------------------------
+
+    def set_pseudo_inputs(self, values) -> None:
+        """Copy initial pseudo-inputs (priors.init_pseudo_inputs) into the VampPrior; outside any step."""
+        if self.pseudo_inputs is None:
+            raise ValueError("set_pseudo_inputs: this model has no VampPrior pseudo-inputs "
+                             f"(prior_type is {self.spec.prior_type!r})")
+        values = jnp.asarray(values, jnp.float32)
+        if values.shape != self.pseudo_inputs[...].shape:
+            raise ValueError(f"pseudo-inputs must have shape {self.pseudo_inputs[...].shape}, got {values.shape}")
+        self.pseudo_inputs[...] = values
+
+    def pi_logits_value(self) -> jax.Array | None:
+        """π logits, under stop-gradient unless π is learnable (so a fixed π stays uniform)."""
+        if self.pi_logits is None:
+            return None
+        value = self.pi_logits[...]
+        return value if self.spec.learnable_pi else jax.lax.stop_gradient(value)
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """→ (features [B, F], z_mean, z_logvar) with the layout's latent shape."""
+        spec = self.spec
+        features = self.encoder(x)
+        z_mean = self.z_mean_head(features)
+        z_logvar = bound_logvar(self.z_logvar_head(features))
+        if spec.decentralized:
+            shape = (x.shape[0], spec.num_components, spec.latent_dim)
+            z_mean, z_logvar = z_mean.reshape(shape), z_logvar.reshape(shape)
+        return features, z_mean, z_logvar
+
+    def pseudo_posterior(self) -> tuple[jax.Array, jax.Array]:
+        """(m_k, ℓ_k) [K, D]: the pseudo-inputs encoded deterministically by the same encoder."""
+        _, mean, logvar = self.encode(self.pseudo_inputs[...])
+        return mean, logvar
+
+    def decode(self, z: jax.Array, embedding: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """Latents [N, D] (and embeddings [N, E]) → (out [N, H, W, Ch], σ or None)."""
+        h = self.decoder(z)
+        h = self.conditioning(h, embedding)
+        return self.output_head(h)
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def __call__(self, x: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array) -> Forward:
+        spec = self.spec
+        reparam_key, gumbel_key, dropout_key = jax.random.split(key, 3)
+        batch = x.shape[0]
+
+        features, z_mean, z_logvar = self.encode(x)
+        if train:
+            eps = jax.random.normal(reparam_key, z_mean.shape, z_mean.dtype)
+            z = z_mean + jnp.exp(0.5 * z_logvar) * eps
+        else:
+            z = z_mean
+
+        fields: dict = {}
+        if spec.is_component_decoding:
+            logits = self.logits_head(features)
+            routed = routing.route(logits, ctx, train=train, key=gumbel_key, use_gumbel=spec.use_gumbel,
+                                   use_straight_through=spec.use_straight_through)
+            index, weight = routing.select_decoded(routed.ranking, routed.routing, ctx.active_mask, spec.top_m)
+            m = index.shape[1]
+            gated = 0 < spec.top_m < spec.num_components
+            if spec.decentralized:
+                z_items = jnp.take_along_axis(z, index[:, :, None], axis=1) if gated else z
+            else:
+                z_items = jnp.broadcast_to(z[:, None, :], (batch, m, spec.latent_dim))
+            embeddings = self.embeddings[...]
+            e_items = embeddings[index] if gated else jnp.broadcast_to(embeddings, (batch, *embeddings.shape))
+            out, sigma = self.decode(z_items.reshape(batch * m, -1), e_items.reshape(batch * m, -1))
+            out = out.reshape(batch, m, *spec.image_shape)
+            if sigma is not None:
+                sigma = sigma.reshape(batch, m, *sigma.shape[1:])
+            recon = jnp.einsum("bm,bmhwc->bhwc", weight, mean_images(spec, out))
+            fields.update(logits=logits, responsibilities=routed.responsibilities, routing=routed.routing,
+                          soft_sample=routed.soft_sample, decoded_index=index, decoded_weight=weight)
+            responsibilities = routed.responsibilities
+        else:
+            out, sigma = self.decode(z, None)
+            recon = mean_images(spec, out)
+            responsibilities = None
+
+        # Latent KL (SPEC §6.1.1).
+        kl_per_component = None
+        if spec.prior_type == "vamp":
+            pseudo_mean, pseudo_logvar = self.pseudo_posterior()
+            responsibilities = priors.vamp_responsibilities(z_mean, pseudo_mean, pseudo_logvar, ctx.active_mask)
+            kl_key = jax.random.fold_in(reparam_key, 1) if train else key  # fixed evaluation key
+            kl_z = priors.vamp_kl(kl_key, z_mean, z_logvar, pseudo_mean, pseudo_logvar, spec.vamp_num_samples_kl)
+            fields.update(responsibilities=responsibilities)
+        elif spec.prior_type == "geometric_mog":
+            centres = jnp.asarray(priors.geometric_centres(spec.geometric_arrangement, spec.num_components,
+                                                           spec.latent_dim, spec.geometric_radius))
+            if spec.decentralized:
+                kl_per_component = priors.gaussian_kl(z_mean, z_logvar, centres)  # [B, K]
+                kl_z = jnp.sum(kl_per_component, axis=-1)
+            else:
+                kl_to_centres = priors.gaussian_kl(z_mean[:, None, :], z_logvar[:, None, :], centres)  # [B, K]
+                kl_z = jnp.sum(responsibilities * kl_to_centres, axis=-1)
+        elif spec.decentralized:  # mixture, decentralized: every channel, inactive ones included
+            kl_per_component = priors.gaussian_kl(z_mean, z_logvar)
+            kl_z = jnp.sum(kl_per_component, axis=-1)
+        else:  # standard; mixture, shared
+            kl_z = priors.gaussian_kl(z_mean, z_logvar)
+
+        class_logits = None
+        if self.classifier_head is not None:
+            if spec.decentralized:
+                head_input = jnp.einsum("bk,bkd->bd", fields["routing"], z)  # Σ_k s_k z_k
+            else:
+                head_input = z
+            class_logits = self.classifier_head(head_input, train=train, key=dropout_key)
+
+        return Forward(z_mean=z_mean, z_logvar=z_logvar, z=z, out=out, sigma=sigma, recon=recon,
+                       class_logits=class_logits, kl_z=kl_z, kl_per_component=kl_per_component,
+                       active_mask=ctx.active_mask, **fields)

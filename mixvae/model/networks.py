@@ -1,0 +1,252 @@
+"""Encoder, decoder backbone, decoder conditioning and output heads (SPEC §5.2, §5.6, §5.7).
+
+Every trainable weight of a Dense or Conv layer is called ``kernel`` (nnx.Linear, nnx.Conv and
+nnx.ConvTranspose name them so); the optimiser's decay mask and ``loss.l1`` rely on that name.
+Nothing here holds random state: dropout takes an explicit key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Slopes of leaky_relu: dense blocks use 0.01, conv stacks 0.2 (SPEC §5.2, §5.6).
+DENSE_SLOPE = 0.01
+CONV_SLOPE = 0.2
+# ε of the conditional instance normalisation (SPEC §5.6).
+NORM_EPS = 1e-5
+
+
+def padded_size(size: int) -> int:
+    """H' = 4⌈H/4⌉: the conv encoder pads to a multiple of 4 (two stride-2 layers)."""
+    return 4 * math.ceil(size / 4)
+
+
+def conv_strides(num_layers: int) -> tuple[int, ...]:
+    """Stride 2 for the first two conv layers, 1 after."""
+    return tuple(2 if i < 2 else 1 for i in range(num_layers))
+
+
+def bound_logvar(raw: jax.Array) -> jax.Array:
+    """Smooth bound of the log-variance to (−10, 10): 10·tanh(raw/10), so exp cannot overflow."""
+    return 10.0 * jnp.tanh(raw / 10.0)
+
+
+class DenseBlock(nnx.Module):
+    """Dense(h) → leaky_relu for each width h."""
+
+    def __init__(self, in_features: int, widths: tuple[int, ...], slope: float, *, rngs: nnx.Rngs):
+        layers = []
+        for width in widths:
+            layers.append(nnx.Linear(in_features, width, rngs=rngs))
+            in_features = width
+        self.layers = nnx.List(layers)
+        self.slope = slope
+        self.out_features = in_features
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        for layer in self.layers:
+            h = jax.nn.leaky_relu(layer(h), self.slope)
+        return h
+
+
+class Encoder(nnx.Module):
+    """Image [B, H, W, Ch] → feature vector [B, F] (SPEC §5.2)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], encoder_type: str, hidden_dims: tuple[int, ...],
+                 conv_channels: tuple[int, ...], *, rngs: nnx.Rngs):
+        height, width, channels = image_shape
+        self.image_shape = tuple(image_shape)
+        self.encoder_type = encoder_type
+        if encoder_type == "conv":
+            self.padded_hw = (padded_size(height), padded_size(width))
+            convs = []
+            in_ch = channels
+            for out_ch, stride in zip(conv_channels, conv_strides(len(conv_channels))):
+                convs.append(nnx.Conv(in_ch, out_ch, (3, 3), strides=stride, padding="SAME", rngs=rngs))
+                in_ch = out_ch
+            self.convs = nnx.List(convs)
+            flat = (self.padded_hw[0] // 4) * (self.padded_hw[1] // 4) * conv_channels[-1]
+        elif encoder_type == "dense":
+            self.padded_hw = (height, width)
+            self.convs = nnx.List([])
+            flat = height * width * channels
+        else:
+            raise ValueError(f"model.encoder_type must be 'dense' or 'conv' (got {encoder_type!r})")
+        self.dense = DenseBlock(flat, tuple(hidden_dims), DENSE_SLOPE, rngs=rngs)
+        self.out_features = self.dense.out_features
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.encoder_type == "conv":
+            height, width, _ = self.image_shape
+            pad_h, pad_w = self.padded_hw[0] - height, self.padded_hw[1] - width
+            h = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))  # zeros at the bottom and right
+            for conv in self.convs:
+                h = jax.nn.leaky_relu(conv(h), CONV_SLOPE)
+        else:
+            h = x
+        h = h.reshape(h.shape[0], -1)
+        return self.dense(h)
+
+
+class DecoderBackbone(nnx.Module):
+    """Latent [N, D] → last feature map h: [N, F] (dense) or [N, H', W', F] (conv) (SPEC §5.6)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], decoder_type: str, latent_dim: int,
+                 hidden_dims: tuple[int, ...], conv_channels: tuple[int, ...], *, rngs: nnx.Rngs):
+        height, width, _ = image_shape
+        self.decoder_type = decoder_type
+        self.dense = DenseBlock(latent_dim, tuple(reversed(hidden_dims)), DENSE_SLOPE, rngs=rngs)
+        if decoder_type == "conv":
+            self.padded_hw = (padded_size(height), padded_size(width))
+            self.seed_hw = (self.padded_hw[0] // 4, self.padded_hw[1] // 4)
+            c_last = conv_channels[-1]
+            self.seed_channels = c_last
+            self.to_map = nnx.Linear(self.dense.out_features, self.seed_hw[0] * self.seed_hw[1] * c_last,
+                                     rngs=rngs)
+            # Mirror of the encoder: channels in reverse order, strides reversed (H'/4 → H'/2 → H').
+            out_channels = tuple(reversed(conv_channels))
+            strides = tuple(reversed(conv_strides(len(conv_channels))))
+            deconvs = []
+            in_ch = c_last
+            for out_ch, stride in zip(out_channels, strides):
+                deconvs.append(nnx.ConvTranspose(in_ch, out_ch, (3, 3), strides=stride, padding="SAME",
+                                                 rngs=rngs))
+                in_ch = out_ch
+            self.deconvs = nnx.List(deconvs)
+            self.out_features = conv_channels[0]
+        elif decoder_type == "dense":
+            self.to_map = None
+            self.deconvs = nnx.List([])
+            self.out_features = hidden_dims[0]
+        else:
+            raise ValueError(f"model.decoder_type must be 'dense' or 'conv' (got {decoder_type!r})")
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = self.dense(z)
+        if self.decoder_type == "conv":
+            h = jax.nn.leaky_relu(self.to_map(h), CONV_SLOPE)
+            h = h.reshape(h.shape[0], self.seed_hw[0], self.seed_hw[1], self.seed_channels)
+            for deconv in self.deconvs:
+                h = jax.nn.leaky_relu(deconv(h), CONV_SLOPE)
+        return h
+
+
+def _standardise(h: jax.Array) -> jax.Array:
+    """norm(h): each channel over the spatial axes (conv map) or the feature vector over its axis."""
+    axes = (1, 2) if h.ndim == 4 else (-1,)
+    mean = jnp.mean(h, axis=axes, keepdims=True)
+    var = jnp.var(h, axis=axes, keepdims=True)
+    return (h - mean) / jnp.sqrt(var + NORM_EPS)
+
+
+class Conditioning(nnx.Module):
+    """How the component embedding e_k enters the decoder, on the last feature map h (SPEC §5.6).
+
+    cin:    (γ, β) = Dense(2F)(e_k); h' = (1 + γ) ⊙ norm(h) + β   (zero-initialised Dense)
+    film:   (γ, β) = Dense(2F)(e_k); h' = (1 + γ) ⊙ h + β         (zero-initialised: h' = h at init)
+    concat: h' = [h, Dense(F)(e_k)], broadcast over space           (default init)
+    none:   h' = h
+    """
+
+    def __init__(self, kind: str, features: int, embedding_dim: int, *, rngs: nnx.Rngs):
+        self.kind = kind
+        self.features = features
+        zeros = nnx.initializers.zeros
+        if kind in ("cin", "film"):
+            self.dense = nnx.Linear(embedding_dim, 2 * features, kernel_init=zeros, bias_init=zeros, rngs=rngs)
+            self.out_features = features
+        elif kind == "concat":
+            self.dense = nnx.Linear(embedding_dim, features, rngs=rngs)
+            self.out_features = 2 * features
+        elif kind == "none":
+            self.dense = None
+            self.out_features = features
+        else:
+            raise ValueError(f"model.decoder_conditioning must be cin, film, concat or none (got {kind!r})")
+
+    def __call__(self, h: jax.Array, embedding: jax.Array | None) -> jax.Array:
+        if self.kind == "none":
+            return h
+        code = self.dense(embedding)  # [N, 2F] or [N, F]
+        if h.ndim == 4:  # conv map [N, H', W', F]: broadcast over space
+            code = code[:, None, None, :]
+        if self.kind == "concat":
+            return jnp.concatenate([h, jnp.broadcast_to(code, h.shape)], axis=-1)
+        gamma, beta = jnp.split(code, 2, axis=-1)
+        base = _standardise(h) if self.kind == "cin" else h
+        return (1.0 + gamma) * base + beta
+
+
+class OutputHead(nnx.Module):
+    """Mean/logit head and, for the heteroscedastic decoder, the σ head (SPEC §5.7).
+
+    dense → Dense(P) reshaped to [H, W, Ch]; conv → Conv(Ch, 3×3, SAME), cropped to H×W.
+    σ: 'pixel' is a head of the same form, 'image' is Dense(1) (dense) or global average pooling and
+    Dense(1) (conv); σ = σ_min + (σ_max − σ_min)·sigmoid(raw).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], decoder_type: str, in_features: int,
+                 sigma_granularity: str | None, sigma_min: float, sigma_max: float, *, rngs: nnx.Rngs):
+        height, width, channels = image_shape
+        self.image_shape = tuple(image_shape)
+        self.decoder_type = decoder_type
+        self.sigma_granularity = sigma_granularity  # None: no σ head
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.mean_head = self._pixel_head(in_features, rngs)
+        if sigma_granularity == "pixel":
+            self.sigma_head = self._pixel_head(in_features, rngs)
+        elif sigma_granularity == "image":
+            self.sigma_head = nnx.Linear(in_features, 1, rngs=rngs)
+        else:
+            self.sigma_head = None
+
+    def _pixel_head(self, in_features: int, rngs: nnx.Rngs) -> nnx.Module:
+        height, width, channels = self.image_shape
+        if self.decoder_type == "conv":
+            return nnx.Conv(in_features, channels, (3, 3), padding="SAME", rngs=rngs)
+        return nnx.Linear(in_features, height * width * channels, rngs=rngs)
+
+    def _pixels(self, head: nnx.Module, h: jax.Array) -> jax.Array:
+        height, width, channels = self.image_shape
+        y = head(h)
+        if self.decoder_type == "conv":
+            return y[:, :height, :width, :]
+        return y.reshape(h.shape[0], height, width, channels)
+
+    def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        out = self._pixels(self.mean_head, h)
+        if self.sigma_head is None:
+            return out, None
+        if self.sigma_granularity == "pixel":
+            raw = self._pixels(self.sigma_head, h)
+        else:
+            pooled = jnp.mean(h, axis=(1, 2)) if h.ndim == 4 else h  # global average pooling (conv)
+            raw = self.sigma_head(pooled)[:, 0]
+        sigma = self.sigma_min + (self.sigma_max - self.sigma_min) * jax.nn.sigmoid(raw)
+        return out, sigma
+
+
+class ClassifierHead(nnx.Module):
+    """Two blocks of Dense(h) → leaky_relu(0.01) → Dropout, then Dense(C) logits (SPEC §6.5).
+
+    Dropout draws its mask from the explicit ``dropout`` key, so the module holds no RNG state.
+    """
+
+    def __init__(self, in_features: int, hidden: int, num_classes: int, dropout_rate: float, *, rngs: nnx.Rngs):
+        self.hidden = nnx.List([nnx.Linear(in_features, hidden, rngs=rngs), nnx.Linear(hidden, hidden, rngs=rngs)])
+        self.logits = nnx.Linear(hidden, num_classes, rngs=rngs)
+        self.dropout_rate = float(dropout_rate)
+
+    def __call__(self, h: jax.Array, *, train: bool, key: jax.Array) -> jax.Array:
+        for i, layer in enumerate(self.hidden):
+            h = jax.nn.leaky_relu(layer(h), DENSE_SLOPE)
+            if train and self.dropout_rate > 0.0:
+                keep = 1.0 - self.dropout_rate
+                mask = jax.random.bernoulli(jax.random.fold_in(key, i), keep, h.shape)
+                h = jnp.where(mask, h / keep, 0.0)
+        return self.logits(h)

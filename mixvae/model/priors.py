@@ -1,0 +1,107 @@
+"""Latent priors: Gaussian KLs, geometric centres and the VampPrior (SPEC §5.4, §6.1.1).
+
+KL(N(μ, diag e^ℓ) ‖ N(c, I)) = ½ Σ_d (e^{ℓ_d} + (μ_d − c_d)² − 1 − ℓ_d).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixvae.model.routing import is_active
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# At most this many training images go into the k-means fit of the pseudo-inputs (SPEC §5.4.1).
+KMEANS_MAX_IMAGES = 10_000
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array, centre: jax.Array | float = 0.0) -> jax.Array:
+    """KL(N(μ, diag e^ℓ) ‖ N(c, I)), summed over the last axis."""
+    return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean - centre) - 1.0 - logvar, axis=-1)
+
+
+def diag_gaussian_log_density(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(z; μ, diag e^ℓ), summed over the last axis."""
+    return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(z - mean) * jnp.exp(-logvar), axis=-1)
+
+
+def geometric_centres(arrangement: str, num_components: int, latent_dim: int, radius: float) -> np.ndarray:
+    """Fixed centres c_k ∈ ℝ^D of geometric_mog, zeros beyond the first two dimensions (SPEC §5.4).
+
+    circle: c_k = (R cos 2πk/K, R sin 2πk/K); grid (K = g²): component k = i·g + j sits at (x_j, x_i)
+    with x = linspace(−R, R, g).
+    """
+    if latent_dim < 2:
+        raise ValueError(f"geometric_mog centres need model.latent_dim ≥ 2 (got {latent_dim})")
+    centres = np.zeros((num_components, latent_dim), np.float32)
+    if arrangement == "circle":
+        angle = 2.0 * np.pi * np.arange(num_components) / num_components
+        centres[:, 0] = radius * np.cos(angle)
+        centres[:, 1] = radius * np.sin(angle)
+    elif arrangement == "grid":
+        side = math.isqrt(num_components)
+        if side * side != num_components:
+            raise ValueError(f"a grid arrangement needs a perfect-square K (got {num_components})")
+        x = np.linspace(-radius, radius, side)
+        i, j = np.divmod(np.arange(num_components), side)
+        centres[:, 0] = x[j]
+        centres[:, 1] = x[i]
+    else:
+        raise ValueError(f"model.geometric_arrangement must be 'circle' or 'grid' (got {arrangement!r})")
+    return centres
+
+
+def vamp_log_prior(z: jax.Array, pseudo_mean: jax.Array, pseudo_logvar: jax.Array) -> jax.Array:
+    """log p(z) = logsumexp_k log N(z; m_k, diag e^{ℓ_k}) − log K, for z [..., D] and m, ℓ [K, D]."""
+    log_densities = diag_gaussian_log_density(z[..., None, :], pseudo_mean, pseudo_logvar)  # [..., K]
+    return jax.nn.logsumexp(log_densities, axis=-1) - math.log(pseudo_mean.shape[0])
+
+
+def vamp_kl(key: jax.Array, mean: jax.Array, logvar: jax.Array, pseudo_mean: jax.Array,
+            pseudo_logvar: jax.Array, num_samples: int) -> jax.Array:
+    """(1/S) Σ_s [log q(z⁽ˢ⁾|x) − log p(z⁽ˢ⁾)], z⁽ˢ⁾ ~ q(z|x) drawn with ``key`` → [B]."""
+    eps = jax.random.normal(key, (num_samples, *mean.shape), mean.dtype)
+    z = mean + jnp.exp(0.5 * logvar) * eps  # [S, B, D]
+    log_q = diag_gaussian_log_density(z, mean, logvar)
+    log_p = vamp_log_prior(z, pseudo_mean, pseudo_logvar)
+    return jnp.mean(log_q - log_p, axis=0)
+
+
+def vamp_responsibilities(z_mean: jax.Array, pseudo_mean: jax.Array, pseudo_logvar: jax.Array,
+                          active_mask: jax.Array) -> jax.Array:
+    """r_k(x) = softmax_k log N(z_mean(x); m_k, diag e^{ℓ_k}) over the active channels (SPEC §5.4.1)."""
+    log_densities = diag_gaussian_log_density(z_mean[:, None, :], pseudo_mean, pseudo_logvar)  # [B, K]
+    active = is_active(active_mask)
+    probs = jax.nn.softmax(jnp.where(active, log_densities, -jnp.inf), axis=-1)
+    return jnp.where(active, probs, 0.0)
+
+
+def init_pseudo_inputs(cfg, train_x: np.ndarray) -> np.ndarray:
+    """Initial VampPrior pseudo-inputs u_k from the training split → float32 [K, H, W, Ch] (SPEC §5.4.1).
+
+    random: K distinct training images chosen with training.seed.
+    kmeans: centroids of KMeans(n_clusters=K, n_init=10, random_state=training.seed) fitted on at most
+    10 000 flattened training images, subsampled with training.seed.
+    """
+    train_x = np.asarray(train_x, np.float32)
+    k = cfg.model.num_components
+    seed = cfg.training.seed
+    n = train_x.shape[0]
+    if n < k:
+        raise ValueError(f"the VampPrior needs at least K = {k} training images to initialise its "
+                         f"pseudo-inputs, but the training split has {n}")
+    rng = np.random.default_rng(seed)
+    method = cfg.model.vamp_pseudo_init_method
+    if method == "random":
+        return train_x[rng.choice(n, size=k, replace=False)].copy()
+    if method == "kmeans":
+        from sklearn.cluster import KMeans  # lazy: keeps sklearn off the serving import path
+
+        subset = train_x[np.sort(rng.choice(n, size=KMEANS_MAX_IMAGES, replace=False))] if n > KMEANS_MAX_IMAGES else train_x
+        flat = subset.reshape(subset.shape[0], -1)
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(flat)
+        return km.cluster_centers_.astype(np.float32).reshape((k, *train_x.shape[1:]))
+    raise ValueError(f"model.vamp_pseudo_init_method must be 'random' or 'kmeans' (got {method!r})")

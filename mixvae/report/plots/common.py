@@ -1,0 +1,320 @@
+"""What every plot shares: the run's inputs (`PlotData`), one figure style, palettes, projections,
+image montages and saving. matplotlib is imported lazily, only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DPI = 120
+UNLABELED_GREY = (0.62, 0.62, 0.62, 1.0)
+COMPONENT_DECODING_PRIORS = ("mixture", "geometric_mog")
+MIXTURE_BASED_PRIORS = ("mixture", "vamp", "geometric_mog")
+
+
+class PlotSkipped(Exception):
+    """Raised by a plot whose inputs are missing; the message is the status reason."""
+
+
+# ------------------------------------------------------------------------------------------ config
+
+class _Section(SimpleNamespace):
+    """Attribute view of one section of a nested config dict (used when mixvae.config is absent)."""
+
+
+def _namespace(d):
+    if isinstance(d, dict):
+        return _Section(**{k: _namespace(v) if isinstance(v, dict) and k != "tags" else v for k, v in d.items()})
+    return d
+
+
+def resolve_config(config_dict: dict | None):
+    """The run's resolved config as attribute access (`cfg.model.prior_type`).
+
+    Uses `mixvae.config.config_from_dict` when it is available and accepts the dict; otherwise a
+    plain attribute view of the stored config.yaml (which is already resolved), so a report can
+    still be built for a run whose config no longer validates.
+    """
+    if config_dict is None:
+        return None
+    try:
+        from mixvae.config import config_from_dict
+        return config_from_dict(config_dict)
+    except Exception as exc:  # ImportError while the module is missing, or a config that fails today's schema
+        log.debug("falling back to a plain view of config.yaml: %s", exc)
+    cfg = _namespace(config_dict)
+    model = getattr(cfg, "model", None)
+    if model is not None and getattr(model, "decoder_conditioning", None) in (None, "auto"):
+        model.decoder_conditioning = "cin" if getattr(model, "prior_type", None) in COMPONENT_DECODING_PRIORS else "none"
+    return cfg
+
+
+def is_mixture_based(cfg) -> bool:
+    return cfg.model.prior_type in MIXTURE_BASED_PRIORS
+
+
+def is_component_decoding(cfg) -> bool:
+    return cfg.model.prior_type in COMPONENT_DECODING_PRIORS
+
+
+# -------------------------------------------------------------------------------------------- data
+
+@dataclass
+class PlotData:
+    """Everything a plot may read, taken from one RunRecord (never a model)."""
+    cfg: object
+    status: str
+    histories: dict
+    diagnostics: dict | None
+    history_arrays: dict | None
+    events: list
+    summary: dict | None
+    metrics: dict
+
+    @classmethod
+    def from_record(cls, record) -> "PlotData":
+        summary = record.summary
+        events = record.events
+        if events is None and summary:
+            events = (summary.get("curriculum") or {}).get("events")
+        metrics = dict(record.metrics or {}) or dict((summary or {}).get("metrics") or {})
+        return cls(
+            cfg=resolve_config(record.config),
+            status=record.status,
+            histories=record.histories or {},
+            diagnostics=record.diagnostics,
+            history_arrays=record.history_arrays,
+            events=list(events or []),
+            summary=summary,
+            metrics=metrics,
+        )
+
+    # --- histories
+    def history(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        points = self.histories.get(key)
+        if not points:
+            return None
+        points = sorted(points)
+        return (np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float))
+
+    @property
+    def best_epoch(self) -> int | None:
+        if self.summary and self.summary.get("best_epoch") is not None:
+            return int(self.summary["best_epoch"])
+        if "training.best_epoch" in self.metrics:
+            return int(self.metrics["training.best_epoch"])
+        return None
+
+    # --- diagnostics
+    def diag(self, name: str) -> np.ndarray:
+        if self.diagnostics is None or name not in self.diagnostics:
+            raise PlotSkipped(f"diagnostics have no '{name}' array")
+        return np.asarray(self.diagnostics[name])
+
+    def has(self, name: str) -> bool:
+        return self.diagnostics is not None and name in self.diagnostics
+
+    @property
+    def num_components(self) -> int:
+        if self.has("responsibilities"):
+            return int(np.asarray(self.diagnostics["responsibilities"]).shape[1])
+        return int(self.cfg.model.num_components)
+
+    @property
+    def active_mask(self) -> np.ndarray:
+        """Channels open at the best epoch (all K without the curriculum)."""
+        if self.has("active_mask"):
+            return np.asarray(self.diagnostics["active_mask"]).astype(bool)
+        return np.ones(self.num_components, dtype=bool)
+
+    @property
+    def active_channels(self) -> np.ndarray:
+        return np.flatnonzero(self.active_mask)
+
+    def labels(self) -> np.ndarray:
+        return self.diag("labels").astype(int)
+
+    def require_labels(self) -> np.ndarray:
+        labels = self.labels()
+        if not np.any(labels >= 0):
+            raise PlotSkipped("the split has no labels")
+        return labels
+
+
+# ------------------------------------------------------------------------------------- matplotlib
+
+def _import_matplotlib():
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    return matplotlib
+
+
+@functools.cache
+def style_rc() -> dict:
+    """seaborn's whitegrid style at a compact scale, as an rc dict (global rcParams stay untouched)."""
+    import seaborn as sns
+    rc = dict(sns.axes_style("whitegrid"))
+    rc.update(sns.plotting_context("paper", font_scale=0.95))
+    rc.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": 9, "image.interpolation": "nearest"})
+    return rc
+
+
+def style():
+    """Context manager applying the report style."""
+    matplotlib = _import_matplotlib()
+    return matplotlib.rc_context(style_rc())
+
+
+def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **subplot_kw):
+    """A Figure (no pyplot state, nothing to close) and its axes array (squeezed like plt.subplots)."""
+    _import_matplotlib()
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=True, **subplot_kw)
+
+
+def save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+
+
+def colormap(name: str):
+    matplotlib = _import_matplotlib()
+    return matplotlib.colormaps[name]
+
+
+def categorical_colors(values: np.ndarray, num_categories: int) -> np.ndarray:
+    """RGBA per value from the fixed palette (tab10 up to 10 categories, else tab20); −1 is grey."""
+    cmap = colormap("tab10" if num_categories <= 10 else "tab20")
+    values = np.asarray(values, dtype=int)
+    colors = np.asarray(cmap(np.mod(np.maximum(values, 0), cmap.N)), dtype=float).reshape(-1, 4)
+    colors[values < 0] = UNLABELED_GREY
+    return colors
+
+
+def grid_shape(n: int, max_cols: int = 5) -> tuple[int, int]:
+    ncols = max(1, min(max_cols, math.ceil(math.sqrt(n))))
+    return math.ceil(n / ncols), ncols
+
+
+# ----------------------------------------------------------------------------------------- latents
+
+def project_2d(z: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
+    """First two dimensions when D = 2, else the first two principal components (PC1, PC2)."""
+    z = np.asarray(z, dtype=np.float64)
+    if z.shape[1] == 2:
+        return z, ("z1", "z2")
+    centred = z - z.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    basis = vt[:2]
+    basis *= np.sign(basis[np.arange(2), np.abs(basis).argmax(axis=1)])[:, None]  # fixed sign
+    return centred @ basis.T, ("PC1", "PC2")
+
+
+def scatter_latents(ax, xy: np.ndarray, colors: np.ndarray, axis_labels, size: float = 5.0) -> None:
+    ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=size, linewidths=0, rasterized=False)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+
+
+def class_legend(ax, present: np.ndarray, num_classes: int) -> None:
+    from matplotlib.lines import Line2D
+    classes = [int(c) for c in np.unique(present) if c >= 0]
+    colors = categorical_colors(np.array(classes), num_classes)
+    handles = [Line2D([], [], marker="o", linestyle="", color=colors[i], markersize=4, label=str(c))
+               for i, c in enumerate(classes)]
+    if np.any(present < 0):
+        handles.append(Line2D([], [], marker="o", linestyle="", color=UNLABELED_GREY, markersize=4,
+                              label="unlabeled"))
+    if handles:
+        ax.legend(handles=handles, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                  title="label", title_fontsize=7)
+
+
+# ------------------------------------------------------------------------------------------ images
+
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """Mean images [..., H, W, Ch] → RGB in [0, 1] for display (clipped; Ch = 1 shown grey)."""
+    images = np.clip(np.nan_to_num(np.asarray(images, dtype=np.float32)), 0.0, 1.0)
+    if images.shape[-1] == 3:
+        return images
+    return np.repeat(images[..., :1], 3, axis=-1)
+
+
+def sigma_to_rgb(sigma: np.ndarray, lo: float, hi: float, shape: tuple[int, int]) -> np.ndarray:
+    """σ maps (or one σ per image) → viridis RGB on the [lo, hi] range, tiles of `shape`."""
+    sigma = np.asarray(sigma, dtype=np.float32)
+    if sigma.ndim <= 1 or sigma.size == sigma.shape[0]:
+        sigma = np.broadcast_to(sigma.reshape(-1, 1, 1), (sigma.shape[0] if sigma.ndim else 1, *shape))
+    elif sigma.ndim == 4:
+        sigma = sigma.mean(axis=-1)
+    scaled = np.clip((sigma - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    return np.asarray(colormap("viridis")(scaled), dtype=np.float32)[..., :3]
+
+
+def montage(tiles: np.ndarray, gap_x: int, gap_y: int, top: int):
+    """Tiles [R, C, H, W, 3] → one image on white, plus `origin(r, c) -> (y0, x0)` of each tile.
+
+    A band of `top` pixels is left above the first row (column titles) and `gap_y` pixels above
+    every row (notes). One imshow of a montage is far cheaper than R×C axes.
+    """
+    rows, cols, h, w, _ = tiles.shape
+    out = np.ones((top + rows * (gap_y + h), cols * w + (cols - 1) * gap_x, 3), dtype=np.float32)
+
+    def origin(r: int, c: int) -> tuple[int, int]:
+        return top + r * (gap_y + h) + gap_y, c * (w + gap_x)
+
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = origin(r, c)
+            out[y0:y0 + h, x0:x0 + w] = tiles[r, c]
+    return out, origin
+
+
+def draw_montage(tiles: np.ndarray, column_titles: list[str], tile_notes=None, row_titles=None,
+                 inch_per_tile: float = 0.75, note_size: float = 5.5, note_lines: int = 1):
+    """A figure holding one montage; `tile_notes[r][c]` is written just above tile (r, c)."""
+    rows, cols, h, w, _ = tiles.shape
+    gap_x = max(1, w // 8)
+    gap_y = max(2, int(round(h * 0.3 * note_lines))) if tile_notes is not None else max(1, w // 8)
+    top = max(2, int(round(h * 0.32))) if any(column_titles) else 0
+    image, origin = montage(tiles, gap_x, gap_y, top)
+    scale = inch_per_tile / w                         # inches per pixel
+    fig, ax = new_figure(0.4 + scale * image.shape[1] + (0.6 if row_titles else 0), 0.2 + scale * image.shape[0])
+    ax.imshow(image, interpolation="nearest", vmin=0, vmax=1)
+    ax.set_axis_off()
+    for c, title in enumerate(column_titles):
+        _, x0 = origin(0, c)
+        ax.text(x0 + (w - 1) / 2, top / 2 - 0.5, title, ha="center", va="center", fontsize=6.5,
+                fontweight="bold")
+    if tile_notes is not None:
+        for r in range(rows):
+            for c in range(cols):
+                if tile_notes[r][c]:
+                    y0, x0 = origin(r, c)
+                    ax.text(x0 + (w - 1) / 2, y0 - 0.6, tile_notes[r][c], ha="center", va="bottom",
+                            fontsize=note_size)
+    if row_titles is not None:
+        for r, title in enumerate(row_titles):
+            y0, _ = origin(r, 0)
+            ax.text(-1.0, y0 + (h - 1) / 2, title, ha="right", va="center", fontsize=6.5)
+    return fig, ax
+
+
+def mean_excluding_diagonal(matrix: np.ndarray) -> tuple[float, float, float]:
+    n = matrix.shape[0]
+    if n < 2:
+        return float("nan"), float("nan"), float("nan")
+    off = matrix[~np.eye(n, dtype=bool)]
+    return float(off.mean()), float(off.min()), float(off.max())

@@ -1,0 +1,58 @@
+"""MLflow integration (SPEC §12): the only package that imports mlflow.
+
+Names are imported lazily, so `from mixvae.tracking.uri import check_uri` (used by
+`mixvae validate`) and `from mixvae.tracking import MemoryWriter` never import mlflow.
+
+- writer.py       RunWriter protocol, MemoryWriter, TrackingError, RunNotFound
+- mlflow_run.py   open_run, MlflowWriter (background thread), upload_dir
+- record.py       RunRecord, load_run, resolve_run_id
+- model_logging   log_model (models-from-code), register, make_data_meta
+- pyfunc_model.py the file MLflow loads the model from
+- listing.py      `mixvae runs`
+- uri.py          tracking URI precedence, rule K1
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "RunWriter": "writer",
+    "MemoryWriter": "writer",
+    "TrackingError": "writer",
+    "RunNotFound": "writer",
+    "resolve_tracking_uri": "uri",
+    "check_uri": "uri",
+    "default_tracking_uri": "uri",
+    "open_run": "mlflow_run",
+    "MlflowWriter": "mlflow_run",
+    "upload_dir": "mlflow_run",
+    "connect": "mlflow_run",
+    "prepare_mlflow": "mlflow_run",
+    "RunRecord": "record",
+    "load_run": "record",
+    "resolve_run_id": "record",
+    "log_model": "model_logging",
+    "register": "model_logging",
+    "make_data_meta": "model_logging",
+    "model_signature": "model_logging",
+    "pip_requirements": "model_logging",
+    "list_runs": "listing",
+    "format_rows": "listing",
+    "ListingError": "listing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mixvae.tracking' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mixvae.tracking.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,59 @@
+"""Tracking URI precedence (SPEC §12.1) and rule K1.
+
+This module does not import mlflow: `mixvae validate` calls it and must stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+SOURCE_CLI = "--tracking-uri"
+SOURCE_ENV = "MLFLOW_TRACKING_URI"
+SOURCE_CONFIG = "tracking.uri"
+SOURCE_DEFAULT = "default"
+
+# Tracking URIs MLflow accepts without a scheme separator.
+_SCHEMELESS_URIS = {"databricks", "databricks-uc", "uc"}
+
+
+def default_tracking_uri(cwd: str | None = None) -> str:
+    """MLflow's own default store: `mlflow.db` in the current directory (absolute path)."""
+    directory = os.path.abspath(cwd if cwd is not None else os.getcwd())
+    return f"sqlite:///{directory}/mlflow.db"
+
+
+def resolve_tracking_uri(cli_uri: str | None, cfg_uri: str | None) -> tuple[str, str]:
+    """Return (uri, where it came from); first match wins.
+
+    `--tracking-uri` → `MLFLOW_TRACKING_URI` → `tracking.uri` → `sqlite:///<cwd>/mlflow.db`.
+    Empty strings count as "not given".
+    """
+    if cli_uri:
+        return cli_uri, SOURCE_CLI
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if env_uri:
+        return env_uri, SOURCE_ENV
+    if cfg_uri:
+        return cfg_uri, SOURCE_CONFIG
+    return default_tracking_uri(), SOURCE_DEFAULT
+
+
+def is_file_store(uri: str) -> bool:
+    """True for `file:` URIs and bare filesystem paths (including Windows drive paths)."""
+    text = uri.strip()
+    if text in _SCHEMELESS_URIS or text.startswith("databricks://"):
+        return False
+    scheme = urlparse(text).scheme.lower()
+    # A one-letter "scheme" is a Windows drive letter (C:\mlruns), i.e. a bare path.
+    return scheme in ("", "file") or len(scheme) == 1
+
+
+def check_uri(uri: str) -> str | None:
+    """Rule K1: the message when `uri` names a file store, else None."""
+    if not is_file_store(uri):
+        return None
+    return (
+        f"tracking URI '{uri}' is a file store: file stores are not supported; "
+        "use sqlite:///path/mlflow.db or a server"
+    )

@@ -1,0 +1,297 @@
+"""The compiled functions of a run (SPEC §7.2, §7.4, §9.5): one scanned epoch, one evaluation chunk,
+one diagnostics chunk.
+
+Everything that changes during training without recompiling — schedule factors, temperature, the
+active mask, the kick bias, the straight-through switch, τ counts — is an array argument. The model
+is used in the functional NNX form: ``graphdef`` is closed over, parameters travel as a state pytree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mixvae.model import RouteCtx, compute_terms, tau as tau_lib
+from mixvae.model.mixvae import blended_sigma, mean_images
+from mixvae.model.routing import gumbel_noise, mask_logits, masked_softmax
+
+F32 = jnp.float32
+# Random streams of SPEC §7.3, folded into the root key.
+STREAM_INIT, STREAM_SHUFFLE, STREAM_STEPS, STREAM_EVAL = 0, 1, 2, 3
+
+
+@flax.struct.dataclass
+class Schedule:
+    """Per-epoch host decisions (SPEC §6.2, §8.4), passed to the compiled epoch as arrays."""
+    kl_z_scale: jax.Array        # β(n)
+    kl_c_scale: jax.Array        # κ(n), times the kick's regulariser scale
+    temperature: jax.Array       # Gumbel temperature of the training steps
+    straight_through: jax.Array  # 1.0 = straight-through on in the training steps
+    active_mask: jax.Array       # [K]
+    kick_bias: jax.Array         # [K]
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any                  # nnx.State of the model (nnx.Param only)
+    opt_state: Any
+    tau_counts: jax.Array        # [K, C] soft counts (a [1, 1] placeholder when τ is off)
+    step: jax.Array              # int32 global step
+
+
+def param_masks(params) -> tuple[Any, Any]:
+    """(decay mask, pseudo-input mask): kernels of Dense/Conv layers are decayed; pseudo-inputs learn slower."""
+    def names(path):
+        return {getattr(p, "key", getattr(p, "name", None)) for p in path}
+    decay = jax.tree_util.tree_map_with_path(lambda path, _: "kernel" in names(path), params)
+    pseudo = jax.tree_util.tree_map_with_path(lambda path, _: "pseudo_inputs" in names(path), params)
+    return decay, pseudo
+
+
+def make_optimizer(cfg, params) -> optax.GradientTransformation:
+    """SPEC §7.1: clip → AdamW with decoupled decay on kernels → pseudo-input learning-rate scale."""
+    t, m = cfg.training, cfg.model
+    decay, pseudo = param_masks(params)
+    parts = []
+    if t.grad_clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(t.grad_clip_norm))
+    parts.append(optax.adamw(t.learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay,
+                             mask=decay))
+    if m.prior_type == "vamp":
+        parts.append(optax.masked(optax.scale(m.vamp_pseudo_lr_scale), pseudo))
+    return optax.chain(*parts)
+
+
+def _masked_mean(values, weights):
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _entropy(p):
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def _argmax_onehot(r, active_mask):
+    k = r.shape[-1]
+    return jax.nn.one_hot(jnp.argmax(jnp.where(active_mask > 0.5, r, -1.0), axis=-1), k, dtype=F32)
+
+
+class Functions:
+    """Builds the three functions of a run for one config, data shape and batch layout."""
+
+    def __init__(self, cfg, graphdef, tx, *, image_shape, n_train: int, num_labeled: int):
+        self.cfg = cfg
+        self.graphdef = graphdef
+        self.tx = tx
+        self.image_shape = tuple(image_shape)
+        m, t = cfg.model, cfg.training
+        self.batch = t.batch_size
+        self.n_train = n_train
+        if t.drop_remainder:
+            self.steps = n_train // self.batch
+        else:
+            self.steps = -(-n_train // self.batch)
+        self.use_tau = m.use_tau_classifier
+        self.mixture = m.is_mixture_based
+        self.comp_dec = m.is_component_decoding
+        self.gumbel = m.use_gumbel_softmax and self.comp_dec
+        self.hetero = m.use_heteroscedastic_decoder
+        self.num_labeled = num_labeled
+        self.k = m.num_components
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _model(self, params):
+        return nnx.merge(self.graphdef, params)
+
+    def _tau(self, counts):
+        return counts if self.use_tau else None
+
+    def _objective(self, params, x, y, valid, sched: Schedule, key, tau_counts):
+        model = self._model(params)
+        ctx = RouteCtx(active_mask=sched.active_mask, kick_bias=sched.kick_bias,
+                       temperature=sched.temperature, straight_through=sched.straight_through)
+        fwd = model(x, ctx, train=True, key=key)
+        terms = compute_terms(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts))
+        means = {k: _masked_mean(v, valid) for k, v in terms.image.items()}
+        labeled = ((y >= 0) & (valid > 0)).astype(F32)
+        n_labeled = jnp.sum(labeled)
+        lab = {k: jnp.sum(v) / jnp.maximum(n_labeled, 1.0) for k, v in terms.labeled.items()}
+        scale = {"loss.kl_z": sched.kl_z_scale, "loss.kl_c": sched.kl_c_scale,
+                 "loss.kl_c_logit_mog": sched.kl_c_scale}
+        objective = sum(scale.get(k, 1.0) * v for k, v in means.items())
+        objective = objective + sum(lab.values()) + sum(terms.step.values())
+        return objective, (fwd, terms, labeled)
+
+    # --- the scanned epoch ----------------------------------------------------------------------
+
+    def epoch(self, state: TrainState, train_x, train_y, sched: Schedule, epoch, shuffle_key, steps_key):
+        """One epoch: permute on the device, gather batches, lax.scan over the train steps."""
+        cfg = self.cfg
+        n, b, s = self.n_train, self.batch, self.steps
+        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+        total = s * b
+        pad = total - n if total > n else 0
+        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])[:total].reshape(s, b)
+        valid = (jnp.arange(total) < n).astype(F32).reshape(s, b) if pad else jnp.ones((s, b), F32)
+
+        tau_counts = state.tau_counts
+        if self.use_tau:  # N ← α₀ + δ (N − α₀) at the start of each epoch
+            tau_counts = tau_lib.decay_counts(tau_counts, cfg.model.tau_smoothing_alpha, cfg.model.tau_count_decay)
+        state = state.replace(tau_counts=tau_counts)
+
+        grad_fn = jax.value_and_grad(self._objective, has_aux=True)
+
+        def train_step(carry, batch):
+            state, sums = carry
+            bidx, bvalid = batch
+            x = train_x[bidx]
+            y = train_y[bidx]
+            key = jax.random.fold_in(steps_key, state.step)
+            (objective, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, bvalid, sched, key,
+                                                                state.tau_counts)
+            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            counts = state.tau_counts
+            if self.use_tau:  # evidence from this step's deterministic responsibilities (pre-update)
+                counts = tau_lib.update_counts(counts, fwd.responsibilities, y, bvalid)
+            sums = self._accumulate(sums, fwd, terms, labeled, bvalid, objective, sched.active_mask)
+            new = TrainState(params=params, opt_state=opt_state, tau_counts=counts, step=state.step + 1)
+            return (new, sums), None
+
+        (state, sums), _ = jax.lax.scan(train_step, (state, self._zero_sums()), (idx, valid))
+        return state, sums
+
+    def _zero_sums(self):
+        z = jnp.zeros((), F32)
+        k = self.k
+        sums = {"n_images": z, "n_steps": z, "n_labeled": z, "loss.objective": z,
+                "image": {key: z for key in self._image_keys()},
+                "labeled": {key: z for key in self._labeled_keys()},
+                "step": {key: z for key in self._step_keys()}}
+        if self.mixture:
+            sums.update(usage=jnp.zeros((k,), F32), confidence=z, entropy=z, winners=jnp.zeros((k,), F32))
+        if self.gumbel:
+            sums["routing_confidence"] = z
+        return sums
+
+    def _image_keys(self):
+        from mixvae.model import enabled_terms
+        return [k for k, r in enabled_terms(self.cfg, self.num_labeled).items()
+                if r is None and k in ("loss.recon", "loss.kl_z", "loss.kl_c", "loss.kl_c_logit_mog")]
+
+    def _labeled_keys(self):
+        from mixvae.model import enabled_terms
+        return [k for k, r in enabled_terms(self.cfg, self.num_labeled).items()
+                if r is None and k == "loss.classifier"]
+
+    def _step_keys(self):
+        from mixvae.model import enabled_terms
+        return [k for k, r in enabled_terms(self.cfg, self.num_labeled).items()
+                if r is None and k in ("loss.dirichlet", "loss.diversity", "loss.l1")]
+
+    def _accumulate(self, sums, fwd, terms, labeled, valid, objective, active_mask):
+        out = dict(sums)
+        out["n_images"] = sums["n_images"] + jnp.sum(valid)
+        out["n_steps"] = sums["n_steps"] + 1.0
+        out["n_labeled"] = sums["n_labeled"] + jnp.sum(labeled)
+        out["loss.objective"] = sums["loss.objective"] + objective
+        out["image"] = {k: sums["image"][k] + jnp.sum(terms.image[k] * valid) for k in sums["image"]}
+        out["labeled"] = {k: sums["labeled"][k] + jnp.sum(terms.labeled[k]) for k in sums["labeled"]}
+        out["step"] = {k: sums["step"][k] + terms.step[k] for k in sums["step"]}
+        if self.mixture:
+            r = fwd.responsibilities
+            v = valid[:, None]
+            out["usage"] = sums["usage"] + jnp.sum(r * v, axis=0)
+            out["confidence"] = sums["confidence"] + jnp.sum(jnp.max(r, axis=-1) * valid)
+            out["entropy"] = sums["entropy"] + jnp.sum(_entropy(r) * valid)
+            out["winners"] = sums["winners"] + jnp.sum(_argmax_onehot(r, active_mask) * v, axis=0)
+        if self.gumbel:
+            out["routing_confidence"] = sums["routing_confidence"] + jnp.sum(jnp.max(fwd.soft_sample, -1) * valid)
+        return out
+
+    # --- evaluation ------------------------------------------------------------------------------
+
+    def _eval_forward(self, params, x, active_mask, temperature, key):
+        model = self._model(params)
+        k = self.k
+        ctx = RouteCtx(active_mask=active_mask, kick_bias=jnp.zeros((k,), F32), temperature=temperature,
+                       straight_through=jnp.asarray(1.0 if self.cfg.model.use_straight_through_gumbel else 0.0, F32))
+        return model, model(x, ctx, train=False, key=key)
+
+    def evaluate(self, params, tau_counts, x, y, valid, active_mask, temperature, chunk_index, eval_key):
+        """Evaluation mode on one chunk → per-image arrays (host reductions happen once per split)."""
+        key = jax.random.fold_in(eval_key, chunk_index)
+        model, fwd = self._eval_forward(params, x, active_mask, temperature, key)
+        terms = compute_terms(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts))
+        out = {"image": terms.image, "labeled": terms.labeled, "step": terms.step,
+               "z_selected": self._selected_latent(fwd)}
+        if self.mixture:
+            out["responsibilities"] = fwd.responsibilities
+        if self.use_tau:
+            tau = tau_lib.tau_map(tau_counts)
+            pred, certainty, _ = tau_lib.predict(fwd.responsibilities, tau)
+            out.update(tau_pred=pred, tau_certainty=certainty, tau_ood=tau_lib.ood_score(fwd.responsibilities, tau))
+        if fwd.class_logits is not None:
+            probs = jax.nn.softmax(fwd.class_logits, axis=-1)
+            out.update(class_pred=jnp.argmax(probs, -1), class_certainty=jnp.max(probs, -1))
+        if self.hetero:
+            sigma = blended_sigma(fwd)
+            lo, hi = self.cfg.model.sigma_min, self.cfg.model.sigma_max
+            margin = 0.01 * (hi - lo)
+            per_pixel = sigma if sigma.ndim == 4 else jnp.broadcast_to(sigma[:, None, None, None], x.shape)
+            axes = (1, 2, 3)
+            sat = ((per_pixel < lo + margin) | (per_pixel > hi - margin)).astype(F32)
+            out["sigma"] = {
+                "sum": jnp.sum(sigma.reshape(x.shape[0], -1), -1),
+                "sumsq": jnp.sum(jnp.square(sigma.reshape(x.shape[0], -1)), -1),
+                "count": jnp.full((x.shape[0],), float(sigma[0].size), F32),
+                "saturated": jnp.sum(sat.reshape(x.shape[0], -1), -1) if sigma.ndim == 4
+                else sat[:, 0, 0, 0],
+                "z2": jnp.sum(jnp.square((x - fwd.recon) / per_pixel), axis=axes),
+            }
+        return out
+
+    def _selected_latent(self, fwd):
+        if fwd.z_mean.ndim == 3:  # decentralized: the latent of the argmax component
+            winner = jnp.argmax(fwd.responsibilities, axis=-1)
+            return jnp.take_along_axis(fwd.z_mean, winner[:, None, None], axis=1)[:, 0]
+        return fwd.z_mean
+
+    # --- diagnostics (SPEC §9.5) ------------------------------------------------------------------
+
+    def diagnostics(self, params, tau_counts, x, fixed_x, active_mask, temperature, chunk_index, eval_key):
+        """Per-image arrays for the diagnostics file, and every component's mean image for fixed images."""
+        key = jax.random.fold_in(eval_key, chunk_index)
+        model, fwd = self._eval_forward(params, x, active_mask, temperature, key)
+        out = {"z_mean": fwd.z_mean}
+        if fwd.kl_per_component is not None:
+            out["kl_per_component"] = fwd.kl_per_component
+        if self.gumbel:  # one training-mode soft Gumbel sample ŝ at the last temperature
+            masked = mask_logits(fwd.logits, active_mask)
+            g = gumbel_noise(jax.random.fold_in(key, 7), fwd.logits.shape)
+            out["routing_sampled"] = masked_softmax((masked + g) / temperature, active_mask)
+        if self.hetero:
+            out["sigma"] = blended_sigma(fwd)
+        # Fixed images: reconstructions and, for component-decoding priors, every component's mean image.
+        fmodel, ffwd = self._eval_forward(params, fixed_x, active_mask, temperature, key)
+        out["fixed_recon"] = ffwd.recon
+        if self.comp_dec:
+            n = fixed_x.shape[0]
+            emb = fmodel.embeddings[...]
+            if ffwd.z_mean.ndim == 3:
+                z = ffwd.z_mean
+            else:
+                z = jnp.broadcast_to(ffwd.z_mean[:, None, :], (n, self.k, ffwd.z_mean.shape[-1]))
+            e = jnp.broadcast_to(emb[None], (n, *emb.shape))
+            o, sig = fmodel.decode(z.reshape(n * self.k, -1), e.reshape(n * self.k, -1))
+            out["fixed_percomp"] = mean_images(fmodel.spec, o).reshape(n, self.k, *self.image_shape)
+            out["fixed_weights"] = ffwd.routing
+            out["fixed_resp"] = ffwd.responsibilities
+            if sig is not None:
+                out["fixed_percomp_sigma"] = sig.reshape(n, self.k, *sig.shape[1:])
+        return out
