@@ -18,6 +18,8 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
+from mixvae.tracking.uri import SOURCE_CONFIG, SOURCE_DEFAULT, check_uri, resolve_tracking_uri
+
 SECTIONS = ("experiment", "data", "model", "training", "curriculum", "tracking")
 PRESETS_DIR = Path(__file__).parent / "configs"
 
@@ -36,8 +38,36 @@ class ConfigError(Exception):
         return "\n".join([head] + [f"  {p}" for p in self.problems])
 
 
+def _numeric_kind(annotation: Any) -> str | None:
+    """'an integer' / 'a number' when the annotation holds int or float (possibly optional or in a list)."""
+    if annotation is bool:
+        return None
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    for arg in getattr(annotation, "__args__", ()) or ():
+        kind = _numeric_kind(arg)
+        if kind:
+            return kind
+    return None
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Non-finite floats (.inf, .nan) are rejected everywhere: no weight, rate or bound may be infinite.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v, info):
+        """SPEC §3.1: int and float accept numbers and numeric strings; a YAML boolean is not a number."""
+        items = v if isinstance(v, list) else [v]
+        if any(isinstance(item, bool) for item in items):
+            kind = _numeric_kind(cls.model_fields[info.field_name].annotation)
+            if kind:
+                shown = str(v).lower() if isinstance(v, bool) else repr(v)
+                raise ValueError(f"expected {kind}, got {shown}")
+        return v
 
 
 # --- experiment --------------------------------------------------------------------------------
@@ -322,9 +352,6 @@ def schema_keys() -> list[str]:
 
 def defaults_flat() -> dict[str, Any]:
     """Schema defaults per dotted key, with derived values left as written in the schema (null/auto)."""
-    raw = {}
-    for sec_name in SECTIONS:
-        raw[sec_name] = {}
     vals = flat_values(Config())
     vals["model.decoder_conditioning"] = "auto"
     vals["model.component_embedding_dim"] = None
@@ -481,7 +508,7 @@ def _embedding_applies(cfg):
 
 APPLIES: dict[str, Applies] = {k: _ok for k in schema_keys()}
 APPLIES.update({
-    "data.path": _ok,
+    "data.path": _when(lambda c: c.data.dataset != "digits", lambda c: "data.dataset is 'digits' (bundled)"),
     "data.cache_dir": _when(lambda c: c.data.dataset in ("mnist", "fashion_mnist"),
                             lambda c: f"data.dataset is '{c.data.dataset}'"),
     "data.download": _when(lambda c: c.data.dataset in ("mnist", "fashion_mnist"),
@@ -502,6 +529,7 @@ APPLIES.update({
     "model.sigma_min": _hetero,
     "model.sigma_max": _hetero,
     "model.c_regularizer": _comp_dec,
+    "model.kl_warmup_epochs": _when(lambda c: c.model.kl_weight > 0, lambda c: "model.kl_weight is 0"),
     "model.kl_c_weight": _kl_c_applies,
     "model.kl_c_anneal_epochs": _comp_dec,
     "model.c_logit_prior_weight": _logit_mog_applies,
@@ -644,41 +672,48 @@ def check_rules(cfg: Config, explicit: set[str], set_values: dict[str, Any] | No
     for tag in cfg.experiment.tags:
         if tag.startswith(("mlflow.", "mixvae.")):
             err("experiment.tags", f"tag key '{tag}' uses a reserved prefix (mlflow. or mixvae.)")
-    uri = tracking_uri if tracking_uri is not None else cfg.tracking.uri
-    if uri is not None:
-        msg = uri_problem(uri)
+    # K1 on the resolved URI (--tracking-uri → MLFLOW_TRACKING_URI → tracking.uri); MLflow's default is fine
+    uri, uri_source = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
+    if uri_source != SOURCE_DEFAULT:
+        msg = check_uri(uri)
         if msg:
-            err("tracking.uri", msg)
+            err("tracking.uri" if uri_source == SOURCE_CONFIG else uri_source, msg)
 
     # G7: explicitly set, non-default, no effect
-    defaults = flat_values(Config())
+    written = set_values or {}
+    schema_defaults = defaults_flat()
+    resolved_defaults = flat_values(Config())
     values = flat_values(cfg)
-    raw = set_values or {}
     covered = {e.split(":")[0] for e in errors}
     for key in sorted(explicit):
         if key not in APPLIES or key in covered:
             continue
-        value = raw.get(key, values.get(key))
-        if _same(value, defaults.get(key)) or _same(values.get(key), defaults.get(key)):
-            continue
+        if key in written and _same(written[key], schema_defaults.get(key)):
+            continue  # the default as written (auto, null, …)
+        if _same(values.get(key), _default_in_context(cfg, key, resolved_defaults)):
+            continue  # the value the default resolves to in this configuration
         reason = APPLIES[key](cfg)
         if reason:
             warns.append(f"{key} has no effect: {reason}")
     return errors, warns
 
 
+def _default_in_context(cfg: Config, key: str, resolved_defaults: dict[str, Any]) -> Any:
+    """What the schema default of `key` resolves to in `cfg` (derived keys depend on other keys)."""
+    m = cfg.model
+    if key == "model.decoder_conditioning":
+        return "cin" if m.is_component_decoding else "none"
+    if key == "model.component_embedding_dim":
+        return m.latent_dim
+    if key == "curriculum.k_active_max":
+        return m.num_components
+    return resolved_defaults.get(key)
+
+
 def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return float(a) == float(b)
     return a == b
-
-
-def uri_problem(uri: str) -> str | None:
-    """K1: file stores and bare paths are not supported."""
-    if uri.startswith("file:") or "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
-        return (f"'{uri}': file stores are not supported; use sqlite:///path/mlflow.db or a tracking server "
-                "(http://host:port)")
-    return None
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -704,6 +739,13 @@ def _suggest(section: str, key: str) -> str:
         if other != section and key in _section_keys(other):
             return f"; '{key}' belongs to section '{other}'"
     return ""
+
+
+def _unknown_section(name: str) -> str:
+    """G2, with the closest section name when there is one."""
+    match = difflib.get_close_matches(name, SECTIONS, n=1, cutoff=0.6)
+    hint = f"did you mean '{match[0]}'? " if match else ""
+    return f"unknown section '{name}'; {hint}sections are {', '.join(SECTIONS)}"
 
 
 def _describe_type(annotation_error: str) -> str:
@@ -742,7 +784,7 @@ def _translate(e: dict) -> str:
         section = ".".join(str(p) for p in loc[:-1])
         leaf = str(loc[-1])
         if not section:
-            return (f"unknown section '{leaf}'; sections are {', '.join(SECTIONS)}")
+            return _unknown_section(leaf)
         top = section.split(".")[0]
         sub = section[len(top) + 1:]
         suggestion = _suggest(top, (sub + "." if sub else "") + leaf)
@@ -757,7 +799,11 @@ def _translate(e: dict) -> str:
         limit = next(iter(ctx.values()))
         return f"{key} must be {bounds[typ]} {limit:g} (got {value})"
     if typ in ("too_short", "too_long"):
-        return f"{key}: {e['msg'].replace('Value should', 'must')} (got {value!r})"
+        n = ctx.get("min_length") if typ == "too_short" else ctx.get("max_length")
+        bound = "at least" if typ == "too_short" else "at most"
+        return f"{key} must have {bound} {n} entr{'y' if n == 1 else 'ies'} (got {value!r})"
+    if typ == "finite_number":
+        return f"{key}: expected a finite number, got {value!r}"
     if typ == "string_pattern_mismatch":
         return f"{key}: {value!r} does not match the allowed form {ctx.get('pattern')}"
     if typ == "string_too_long":
@@ -810,13 +856,16 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any, str]]:
             continue
         key, text = (s.strip() for s in item.split("=", 1))
         if key in sections:
-            example = next(k for k in sorted(leaf_keys) if k.startswith(key + "."))
-            problems.append(f"--set {key}: {key} is a section; set its keys, e.g. {example}=…")
+            defaults = defaults_flat()
+            example = next(k for k in defaults if k.startswith(key + "."))
+            value = defaults[example]
+            shown = "true" if isinstance(value, bool) else json.dumps(value).strip('"')
+            problems.append(f"--set {key}: {key} is a section; set its keys, e.g. {example}={shown}")
             continue
         if key not in leaf_keys:
             top = key.split(".")[0]
             if top not in SECTIONS:
-                problems.append(f"--set {key}: unknown section '{top}'; sections are {', '.join(SECTIONS)}")
+                problems.append(f"--set {key}: {_unknown_section(top)}")
             else:
                 problems.append(f"--set {key}: unknown key{_suggest(top, key[len(top) + 1:])}")
             continue
@@ -915,24 +964,23 @@ def load_config(name: str | None, overrides: list[str] | tuple[str, ...] = (),
     if not isinstance(raw, dict):
         raise ConfigError([f"the top level must be a mapping of sections ({', '.join(SECTIONS)})"], source)
     raw = json.loads(json.dumps(raw, default=str))  # deep copy, plain types
-    explicit = {k for k in _explicit_keys(raw)}
+    explicit = _explicit_keys(raw)
     parsed = parse_overrides(list(overrides))
-    set_values: dict[str, Any] = {}
     for key, value, _ in parsed:
         _set_dotted(raw, key, value)
         explicit.add(key)
-        set_values[key] = value
     for key, value in (shortcuts or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
             explicit.add(key)
+    written = {k: v for k, v in _walk(raw) if k in explicit}  # values as written, before resolution
     if raw.get("experiment") is None:
         raw["experiment"] = {}
     exp = raw["experiment"]
     if isinstance(exp, dict) and not exp.get("name"):
         exp["name"] = re.sub(r"[^A-Za-z0-9._-]", "-", stem)[:100] or "config"
     cfg = validate_dict(raw, source)
-    errors, warns = check_rules(cfg, explicit, set_values, tracking_uri)
+    errors, warns = check_rules(cfg, explicit, written, tracking_uri)
     if errors:
         raise ConfigError(errors, source)
     return Loaded(cfg, source, text, explicit, [p[2] for p in parsed], warns)

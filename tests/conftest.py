@@ -132,7 +132,10 @@ def _reset_mlflow_state() -> None:
     if mlflow is None:
         return
     while mlflow.active_run() is not None:
-        mlflow.end_run("KILLED")
+        try:
+            mlflow.end_run("KILLED")  # pops the run before calling the store
+        except Exception:
+            pass
     mlflow.set_tracking_uri(None)
 
 

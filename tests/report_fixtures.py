@@ -201,9 +201,9 @@ def build_record(sc: Scenario) -> RunRecord:
             if gumbel and m["use_straight_through_gumbel"]:
                 weights = np.eye(K, dtype=np.float32)[weights.argmax(axis=1)]
             diag["percomp_weights"] = weights.astype(np.float32)
+            diag["percomp_resp"] = resp[six].astype(np.float32)
             if hetero:
-                diag["percomp_sigma"] = rng.uniform(m["sigma_min"], m["sigma_max"], (6, K)).astype(np.float32)
-                diag["percomp_resp"] = resp[six].astype(np.float32)
+                diag["percomp_sigma"] = rng.uniform(m["sigma_min"], m["sigma_max"], (6, K, H, W, 1)).astype(np.float32)
             diag["embeddings"] = rng.normal(0, 1, (K, m["component_embedding_dim"])).astype(np.float32)
             diag["pi"] = np.where(active, 1.0 / k_best, 0.0).astype(np.float32)
             diag["active_mask"] = active.astype(np.float32)
@@ -215,7 +215,7 @@ def build_record(sc: Scenario) -> RunRecord:
             alpha = m["tau_smoothing_alpha"]
             labeled = rng.random(N) < 0.6
             counts = alpha + resp[labeled].T @ np.eye(C)[labels[labeled]]
-            counts[k_best - 2:] = alpha + 0.2                                  # two free channels
+            counts[k_best - 2:] = alpha + 0.05                                 # two free channels
             tau = counts / counts.sum(axis=1, keepdims=True)
             p = resp @ tau
             diag.update(tau=tau.astype(np.float32), tau_counts=counts.astype(np.float32),

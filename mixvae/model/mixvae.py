@@ -240,78 +240,106 @@ class MixVAE(nnx.Module):
         h = self.conditioning(h, embedding)
         return self.output_head(h)
 
+    def decode_items(self, z_items: jax.Array, e_items: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """(image, component) pairs: latents [B, M, D], embeddings [B, M, E] → out [B, M, H, W, Ch], σ.
+
+        The decoder runs on one batch of B·M items.
+        """
+        batch, m = z_items.shape[:2]
+        out, sigma = self.decode(z_items.reshape(batch * m, -1), e_items.reshape(batch * m, -1))
+        out = out.reshape(batch, m, *self.spec.image_shape)
+        if sigma is not None:
+            sigma = sigma.reshape(batch, m, *sigma.shape[1:])
+        return out, sigma
+
+    def component_means(self, x: jax.Array, ctx: RouteCtx) -> tuple[jax.Array, jax.Array]:
+        """Evaluation mode, every component decoded: (mean images m_k [B, K, H, W, Ch], routing s [B, K]).
+
+        For the per-component diagnostics of SPEC §9.5 (component-decoding priors only); ignores top-M.
+        """
+        spec = self.spec
+        if not spec.is_component_decoding:
+            raise ValueError(f"component_means needs a component-decoding prior (prior_type is {spec.prior_type!r})")
+        features, z_mean, _ = self.encode(x)
+        routed = routing.route(self.logits_head(features), ctx, train=False, key=jax.random.PRNGKey(0),
+                               use_gumbel=spec.use_gumbel, use_straight_through=spec.use_straight_through)
+        batch, k = x.shape[0], spec.num_components
+        z_items = z_mean if spec.decentralized else jnp.broadcast_to(z_mean[:, None, :], (batch, k, spec.latent_dim))
+        embeddings = self.embeddings[...]
+        out, _ = self.decode_items(z_items, jnp.broadcast_to(embeddings, (batch, *embeddings.shape)))
+        return mean_images(spec, out), routed.routing
+
     # --- forward ------------------------------------------------------------------------------
 
     def __call__(self, x: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array) -> Forward:
+        """Forward pass of SPEC §5.1. ``key`` is the step key (split into reparam, gumbel, dropout);
+        in evaluation there is no noise and ``key`` only fixes the VampPrior KL samples."""
         spec = self.spec
         reparam_key, gumbel_key, dropout_key = jax.random.split(key, 3)
-        batch = x.shape[0]
 
         features, z_mean, z_logvar = self.encode(x)
-        if train:
-            eps = jax.random.normal(reparam_key, z_mean.shape, z_mean.dtype)
-            z = z_mean + jnp.exp(0.5 * z_logvar) * eps
+        if train:  # z = μ + exp(½ℓ) ⊙ ε, independently per (image, component, dimension)
+            z = z_mean + jnp.exp(0.5 * z_logvar) * jax.random.normal(reparam_key, z_mean.shape, z_mean.dtype)
         else:
             z = z_mean
+        fwd = Forward(z_mean=z_mean, z_logvar=z_logvar, z=z, active_mask=ctx.active_mask)
 
-        fields: dict = {}
         if spec.is_component_decoding:
-            logits = self.logits_head(features)
-            routed = routing.route(logits, ctx, train=train, key=gumbel_key, use_gumbel=spec.use_gumbel,
-                                   use_straight_through=spec.use_straight_through)
-            index, weight = routing.select_decoded(routed.ranking, routed.routing, ctx.active_mask, spec.top_m)
-            m = index.shape[1]
-            gated = 0 < spec.top_m < spec.num_components
-            if spec.decentralized:
-                z_items = jnp.take_along_axis(z, index[:, :, None], axis=1) if gated else z
-            else:
-                z_items = jnp.broadcast_to(z[:, None, :], (batch, m, spec.latent_dim))
-            embeddings = self.embeddings[...]
-            e_items = embeddings[index] if gated else jnp.broadcast_to(embeddings, (batch, *embeddings.shape))
-            out, sigma = self.decode(z_items.reshape(batch * m, -1), e_items.reshape(batch * m, -1))
-            out = out.reshape(batch, m, *spec.image_shape)
-            if sigma is not None:
-                sigma = sigma.reshape(batch, m, *sigma.shape[1:])
-            recon = jnp.einsum("bm,bmhwc->bhwc", weight, mean_images(spec, out))
-            fields.update(logits=logits, responsibilities=routed.responsibilities, routing=routed.routing,
-                          soft_sample=routed.soft_sample, decoded_index=index, decoded_weight=weight)
-            responsibilities = routed.responsibilities
+            fwd = self._decode_components(fwd, features, ctx, train=train, key=gumbel_key)
         else:
             out, sigma = self.decode(z, None)
-            recon = mean_images(spec, out)
-            responsibilities = None
+            fwd = fwd.replace(out=out, sigma=sigma, recon=mean_images(spec, out))
 
-        # Latent KL (SPEC §6.1.1).
-        kl_per_component = None
         if spec.prior_type == "vamp":
             pseudo_mean, pseudo_logvar = self.pseudo_posterior()
-            responsibilities = priors.vamp_responsibilities(z_mean, pseudo_mean, pseudo_logvar, ctx.active_mask)
-            kl_key = jax.random.fold_in(reparam_key, 1) if train else key  # fixed evaluation key
-            kl_z = priors.vamp_kl(kl_key, z_mean, z_logvar, pseudo_mean, pseudo_logvar, spec.vamp_num_samples_kl)
-            fields.update(responsibilities=responsibilities)
-        elif spec.prior_type == "geometric_mog":
+            kl_key = jax.random.fold_in(reparam_key, 1) if train else key  # the fixed evaluation key
+            fwd = fwd.replace(
+                responsibilities=priors.vamp_responsibilities(z_mean, pseudo_mean, pseudo_logvar, ctx.active_mask),
+                kl_z=priors.vamp_kl(kl_key, z_mean, z_logvar, pseudo_mean, pseudo_logvar, spec.vamp_num_samples_kl))
+        else:
+            fwd = self._gaussian_latent_kl(fwd)
+
+        if self.classifier_head is not None:
+            # Decentralized: the routing-weighted latent Σ_k s_k z_k.
+            head_input = jnp.einsum("bk,bkd->bd", fwd.routing, z) if spec.decentralized else z
+            fwd = fwd.replace(class_logits=self.classifier_head(head_input, train=train, key=dropout_key))
+        return fwd
+
+    def _decode_components(self, fwd: Forward, features: jax.Array, ctx: RouteCtx, *, train: bool,
+                           key: jax.Array) -> Forward:
+        """Routing, top-M selection, per-component decoding and the blend x̂ = Σ_k w_k m_k (§5.5–5.8)."""
+        spec = self.spec
+        batch = features.shape[0]
+        logits = self.logits_head(features)
+        routed = routing.route(logits, ctx, train=train, key=key, use_gumbel=spec.use_gumbel,
+                               use_straight_through=spec.use_straight_through)
+        index, weight = routing.select_decoded(routed.ranking, routed.routing, ctx.active_mask, spec.top_m)
+        decoded = index.shape[1]
+        gated = 0 < spec.top_m < spec.num_components  # M = K takes the ungated path: bit-identical to M = 0
+        if spec.decentralized:
+            z_items = jnp.take_along_axis(fwd.z, index[:, :, None], axis=1) if gated else fwd.z
+        else:
+            z_items = jnp.broadcast_to(fwd.z[:, None, :], (batch, decoded, spec.latent_dim))
+        embeddings = self.embeddings[...]
+        e_items = embeddings[index] if gated else jnp.broadcast_to(embeddings, (batch, *embeddings.shape))
+        out, sigma = self.decode_items(z_items, e_items)
+        recon = jnp.einsum("bm,bmhwc->bhwc", weight, mean_images(spec, out))  # blends probabilities for bce
+        return fwd.replace(logits=logits, responsibilities=routed.responsibilities, routing=routed.routing,
+                           soft_sample=routed.soft_sample, decoded_index=index, decoded_weight=weight,
+                           out=out, sigma=sigma, recon=recon)
+
+    def _gaussian_latent_kl(self, fwd: Forward) -> Forward:
+        """KL_b for the standard, mixture and geometric_mog priors (SPEC §6.1.1)."""
+        spec = self.spec
+        if spec.prior_type == "geometric_mog":
             centres = jnp.asarray(priors.geometric_centres(spec.geometric_arrangement, spec.num_components,
                                                            spec.latent_dim, spec.geometric_radius))
-            if spec.decentralized:
-                kl_per_component = priors.gaussian_kl(z_mean, z_logvar, centres)  # [B, K]
-                kl_z = jnp.sum(kl_per_component, axis=-1)
-            else:
-                kl_to_centres = priors.gaussian_kl(z_mean[:, None, :], z_logvar[:, None, :], centres)  # [B, K]
-                kl_z = jnp.sum(responsibilities * kl_to_centres, axis=-1)
-        elif spec.decentralized:  # mixture, decentralized: every channel, inactive ones included
-            kl_per_component = priors.gaussian_kl(z_mean, z_logvar)
-            kl_z = jnp.sum(kl_per_component, axis=-1)
-        else:  # standard; mixture, shared
-            kl_z = priors.gaussian_kl(z_mean, z_logvar)
-
-        class_logits = None
-        if self.classifier_head is not None:
-            if spec.decentralized:
-                head_input = jnp.einsum("bk,bkd->bd", fields["routing"], z)  # Σ_k s_k z_k
-            else:
-                head_input = z
-            class_logits = self.classifier_head(head_input, train=train, key=dropout_key)
-
-        return Forward(z_mean=z_mean, z_logvar=z_logvar, z=z, out=out, sigma=sigma, recon=recon,
-                       class_logits=class_logits, kl_z=kl_z, kl_per_component=kl_per_component,
-                       active_mask=ctx.active_mask, **fields)
+        else:
+            centres = 0.0  # N(0, I)
+        if spec.decentralized:  # Σ over all K channels, inactive ones included
+            per_component = priors.gaussian_kl(fwd.z_mean, fwd.z_logvar, centres)  # [B, K]
+            return fwd.replace(kl_z=jnp.sum(per_component, axis=-1), kl_per_component=per_component)
+        if spec.prior_type == "geometric_mog":  # Σ_k r_k KL(q(z|x) ‖ N(c_k, I))
+            to_centres = priors.gaussian_kl(fwd.z_mean[:, None, :], fwd.z_logvar[:, None, :], centres)
+            return fwd.replace(kl_z=jnp.sum(fwd.responsibilities * to_centres, axis=-1))
+        return fwd.replace(kl_z=priors.gaussian_kl(fwd.z_mean, fwd.z_logvar))

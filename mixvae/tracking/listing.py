@@ -12,7 +12,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from mixvae.tracking.mlflow_run import connect
-from mixvae.tracking.record import all_experiments
+from mixvae.tracking.record import all_experiments as experiments_in
 from mixvae.tracking.writer import RUN_STATUSES
 
 DEFAULT_EXPERIMENT = "mixvae"
@@ -95,7 +95,7 @@ def list_runs(
         raise ListingError(f"--limit must be at least 1 (got {limit})")
     client = connect(uri)
     if all_experiments:
-        found = all_experiments(client, ViewType.ACTIVE_ONLY)
+        found = experiments_in(client, ViewType.ACTIVE_ONLY)
     else:
         names = list(experiments) or [DEFAULT_EXPERIMENT]
         found = [e for e in (client.get_experiment_by_name(n) for n in names) if e is not None]

@@ -160,7 +160,7 @@ def draw_responsibility_histogram(data: PlotData, path) -> None:
     confidence = data.diag("responsibilities").max(axis=1)
     with style():
         fig, ax = new_figure(4.2, 2.8)
-        ax.hist(confidence, bins=40, range=(0.0, 1.0), color="C0")
+        ax.hist(confidence, bins=40, range=(0.0, 1.0), color="C0", histtype="stepfilled")
         ax.axvline(confidence.mean(), color="0.2", linestyle="--", linewidth=1.0,
                    label=f"mean {confidence.mean():.3f}")
         ax.set_xlabel("max_k r_k(x)")
@@ -175,8 +175,8 @@ def draw_routing_hardness(data: PlotData, path) -> None:
     sampled = data.diag("routing_sampled").max(axis=1)
     with style():
         fig, (left, right) = new_figure(8.0, 2.9, 1, 2)
-        left.hist(soft, bins=40, range=(0, 1), alpha=0.65, color="C0", label="max r (deterministic)")
-        left.hist(sampled, bins=40, range=(0, 1), alpha=0.65, color="C3", label="max ŝ (Gumbel sample)")
+        left.hist(soft, bins=40, range=(0, 1), alpha=0.65, color="C0", histtype="stepfilled", label="max r (deterministic)")
+        left.hist(sampled, bins=40, range=(0, 1), alpha=0.65, color="C3", histtype="stepfilled", label="max ŝ (Gumbel sample)")
         left.set_xlabel("confidence")
         left.set_ylabel("images")
         left.legend(fontsize=6)

@@ -39,9 +39,11 @@ def draw_tau_matrix(data: PlotData, path) -> None:
         for r, c in zip(rows, cols):
             ax.text(c, r, f"{matrix[r, c]:.2f}", ha="center", va="center", fontsize=5,
                     color="white" if matrix[r, c] > 0.6 else "black")
-        best = matrix.argmax(axis=1)
-        ax.scatter(best, np.arange(len(channels)), marker="s", s=60, facecolors="none", edgecolors="C3",
-                   linewidths=0.9, label="row argmax")
+        from matplotlib.collections import PatchCollection
+        from matplotlib.patches import Rectangle
+        best = matrix.argmax(axis=1)                     # each row's argmax framed in red
+        ax.add_collection(PatchCollection([Rectangle((c - 0.5, r - 0.5), 1, 1) for r, c in enumerate(best)],
+                                          facecolor="none", edgecolor="C3", linewidth=1.2))
         ax.set_xticks(np.arange(num_classes), [str(c) for c in range(num_classes)])
         step = max(1, len(channels) // 25)
         ax.set_yticks(np.arange(len(channels))[::step],

@@ -23,7 +23,7 @@ def draw_sigma_histogram(data: PlotData, path) -> None:
     pad = 0.05 * (high - low)
     with style():
         fig, ax = new_figure(4.4, 2.8)
-        ax.hist(sigma, bins=50, range=(low - pad, high + pad), color="C4")
+        ax.hist(sigma, bins=50, range=(low - pad, high + pad), color="C4", histtype="stepfilled")
         for value, name in ((low, "sigma_min"), (high, "sigma_max")):
             ax.axvline(value, color="0.2", linestyle="--", linewidth=1.0)
             ax.text(value, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=6, va="top")

@@ -1,0 +1,193 @@
+"""The trainer without MLflow (in-memory writer): determinism, compilation count, resume, curriculum,
+NaN guard, best-epoch restore, declared keys (SPEC §7, §8, §9)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from mixvae.config import load_config
+from mixvae.console import Console
+from mixvae.data import load_dataset
+from mixvae.metrics import keys as mk
+from mixvae.tracking.writer import MemoryWriter
+from mixvae.train.loop import Trainer
+
+SMALL = ["model.hidden_dims=[32]", "model.num_components=4", "model.component_embedding_dim=4",
+         "training.batch_size=64"]
+TIMING = ("training.epoch_time_sec", "training.steps_per_sec", "training.time_sec", "training.compile_time_sec",
+          "training.peak_rss_mb")
+
+
+def make_trainer(tmp_path, overrides, name="quick", run="run"):
+    loaded = load_config(name, SMALL + list(overrides))
+    ds = load_dataset(loaded.config)
+    writer = MemoryWriter(artifact_root=tmp_path / f"{run}-artifacts")
+    trainer = Trainer(loaded, ds, writer, Console(quiet=True), run_dir=tmp_path / run)
+    trainer.compile()
+    return trainer, writer
+
+
+def untimed(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.split("/")[-1] in TIMING}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("short")
+    trainer, writer = make_trainer(tmp, ["training.max_epochs=4", "training.patience=null"])
+    result = trainer.run()
+    return trainer, writer, result
+
+
+def test_run_finishes_and_logs_only_declared_keys(short_run):
+    trainer, writer, result = short_run
+    assert result.status == "FINISHED"
+    assert sorted(writer.epochs) == [1, 2, 3, 4]
+    assert len(writer.epoch_calls) == 4  # one logging call per epoch
+    for step, metrics in writer.epochs.items():
+        undeclared = [k for k in metrics if not mk.is_declared(k)]
+        assert not undeclared, undeclared
+        assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    assert all(mk.is_declared(k) for k in result.summary_metrics)
+    # loss.total is exactly the sum of the logged terms (reporting rule of SPEC §6.1)
+    val = writer.epochs[4]
+    terms = [k for k in val if k.startswith("val/loss.") and k != "val/loss.total"]
+    assert val["val/loss.total"] == pytest.approx(sum(val[k] for k in terms), rel=1e-6)
+    # disabled metrics are never logged, and have a reason in the summary
+    status = result.summary["metrics_status"]
+    assert status["tau.accuracy"]["status"] == "disabled"
+    assert "tau.accuracy" not in result.summary_metrics
+    assert "val/loss.kl_c" not in val and "loss.kl_c" in status
+
+
+def test_restored_best_reproduces_the_validation_history(short_run):
+    trainer, writer, result = short_run
+    best = result.best_epoch
+    logged = writer.epochs[best]
+    for key, value in result.summary["val_check"].items():
+        assert logged[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_diagnostics_file_has_the_report_inputs(short_run):
+    trainer, writer, result = short_run
+    diag = np.load(trainer.run_dir / "diagnostics" / "eval.npz")
+    n = trainer.ds.n_test
+    assert diag["responsibilities"].shape == (n, 4)
+    assert diag["z_mean"].shape == (n, 4, 2)  # decentralized
+    assert diag["recon_means"].shape == (8, 8, 8, 1)
+    assert diag["percomp_means"].shape == (6, 4, 8, 8, 1)
+    assert diag["routing_sampled"].shape == (n, 4)
+    assert np.allclose(diag["responsibilities"].sum(1), 1.0, atol=1e-5)
+    hist = np.load(trainer.run_dir / "diagnostics" / "history.npz")
+    assert hist["usage_val"].shape == (4, 4)
+
+
+def test_same_seed_same_metrics(tmp_path, short_run):
+    _, first, _ = short_run
+    trainer, second = make_trainer(tmp_path, ["training.max_epochs=4", "training.patience=null"])
+    trainer.run()
+    for step in (1, 2, 3, 4):
+        assert untimed(first.epochs[step]) == untimed(second.epochs[step])
+
+
+def test_different_seed_different_metrics(tmp_path, short_run):
+    _, first, _ = short_run
+    trainer, other = make_trainer(tmp_path, ["training.max_epochs=1", "training.seed=7"])
+    trainer.run()
+    assert untimed(first.epochs[1]) != untimed(other.epochs[1])
+
+
+def test_each_function_compiles_once_and_nothing_compiles_in_the_loop(tmp_path):
+    """P7: epoch, evaluation and diagnostics compile exactly once across annealing, curriculum and kicks."""
+    records = io.StringIO()
+    handler = logging.StreamHandler(records)
+    logger = logging.getLogger("jax")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        trainer, _ = make_trainer(tmp_path, [
+            "training.max_epochs=6", "training.patience=null", "curriculum.enabled=true",
+            "curriculum.unlock.patience=1", "curriculum.unlock.min_delta=100", "curriculum.kick.epochs=1",
+            "curriculum.unlock.cooldown=0", "curriculum.stop.adaptation_epochs=1", "training.monitor=val/loss.recon",
+            "model.gumbel_temperature_anneal_epochs=3"])
+        before = records.getvalue()
+        trainer.run()
+        during = records.getvalue()[len(before):]
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    compiled = [line for line in before.splitlines() if line.startswith("Finished XLA compilation of jit(")]
+    names = [line.split("jit(")[1].split(")")[0] for line in compiled]
+    for fn in ("epoch", "evaluate", "diagnostics"):
+        assert names.count(fn) == 1, names
+    in_loop = [line for line in during.splitlines() if line.startswith("Finished XLA compilation of jit(")]
+    assert not any(f"jit({fn})" in line for line in in_loop for fn in ("epoch", "evaluate", "diagnostics")), in_loop
+    # the curriculum did open channels during that run, so the mask really changed
+    ks = [m["train/curriculum.k_active"] for _, m in sorted(trainer.writer.epochs.items())]
+    assert ks[-1] > ks[0]
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path, short_run):
+    _, full, _ = short_run
+    first, w1 = make_trainer(tmp_path, ["training.max_epochs=2", "training.patience=null"], run="a")
+    first.run()
+    second, w2 = make_trainer(tmp_path, ["training.max_epochs=4", "training.patience=null"], run="b")
+    second.restore_last(tmp_path / "a" / "checkpoints" / "last")
+    assert second.epoch == 2
+    second.run()
+    assert sorted(w2.epochs) == [3, 4]
+    for step in (3, 4):
+        assert untimed(w2.epochs[step]) == untimed(full.epochs[step])
+
+
+def test_curriculum_behaviour(tmp_path):
+    """SPEC §8.7: zero mass on closed channels, k_active steps equal `unlocked`, kicks route to the new
+    channel, and the budget stop."""
+    trainer, writer = make_trainer(tmp_path, [
+        "training.max_epochs=10", "training.patience=null", "curriculum.enabled=true",
+        "curriculum.k_active_max=2", "curriculum.unlock.patience=1", "curriculum.unlock.min_delta=100",
+        "curriculum.unlock.cooldown=0", "curriculum.kick.epochs=2", "curriculum.kick.logit_bias=20",
+        "curriculum.stop.adaptation_epochs=1", "training.monitor=val/loss.recon"])
+    result = trainer.run()
+    hist = {k: np.asarray(v) for k, v in trainer.history.items()}
+    closed = hist["active_mask"] == 0
+    assert closed.any()
+    assert np.all(hist["usage_train"][closed] == 0.0)
+    assert np.all(hist["usage_val"][closed] == 0.0)
+    epochs = sorted(writer.epochs)
+    k_active = np.array([writer.epochs[e]["train/curriculum.k_active"] for e in epochs])
+    unlocked = np.array([writer.epochs[e]["train/curriculum.unlocked"] for e in epochs])
+    kick = np.array([writer.epochs[e]["train/curriculum.kick_active"] for e in epochs])
+    assert np.array_equal(np.diff(k_active), unlocked[1:])
+    assert k_active[0] == 1 and k_active.max() == 2
+    # during a kick with a large bias, the new channel receives real training usage
+    first_kick = int(np.flatnonzero(kick)[0])
+    new_channel = int(k_active[first_kick]) - 1
+    assert hist["usage_train"][first_kick, new_channel] > 0.05
+    stops = [e for e in trainer.curriculum.events if e["event"] == "stop"]
+    assert stops and stops[0]["reason"] == "budget"
+    assert result.summary_metrics["curriculum.stopped"] == 1.0
+    assert result.summary_metrics["curriculum.unlock_count"] == 1.0
+
+
+def test_non_finite_loss_fails_the_run_with_the_term(tmp_path):
+    """An mse run on pixels near float32's limit overflows at once: FAILED, naming epoch and term."""
+    images = np.full((120, 8, 8), 3e19, np.float32)
+    np.savez(tmp_path / "huge.npz", images=images, labels=np.arange(120) % 10)
+    trainer, writer = make_trainer(tmp_path, [
+        "data.dataset=npz", f"data.path={tmp_path / 'huge.npz'}", "model.reconstruction_loss=mse",
+        "training.max_epochs=3", "training.batch_size=32"])
+    result = trainer.run()
+    assert result.status == "FAILED"
+    assert "non-finite loss at epoch 1" in result.reason
+    assert "loss.recon" in result.reason
+    assert writer.epochs == {}  # the bad epoch is never logged
