@@ -563,7 +563,12 @@ def _is_square(n: int) -> bool:
 
 def check_rules(cfg: Config, explicit: set[str], set_values: dict[str, Any] | None = None,
                 tracking_uri: str | None = None) -> tuple[list[str], list[str]]:
-    """Cross-field errors and warnings (M, T, C, K rules and G7)."""
+    """Cross-field errors and warnings (M, T, C, K rules and G7).
+
+    ``explicit``: the dotted keys set in the file or by an override. ``set_values``: their values as
+    written (before resolution, e.g. ``auto``), so that a default written out never warns.
+    ``tracking_uri``: the --tracking-uri option; K1 checks the URI it resolves to (SPEC §12.1).
+    """
     from mixvae.metrics import keys as mk
 
     m, t, cur = cfg.model, cfg.training, cfg.curriculum

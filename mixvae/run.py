@@ -293,8 +293,9 @@ def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, 
     if writer is not None:
         writer.flush()
     record = load_run(run_id, uri)
-    if final_status:
+    if final_status:  # built just before the run is ended: show the status and end it will get
         record.status = final_status
+        record.end_time = record.end_time or int(time.time() * 1000)
     out_dir = Path(out_dir or Path(report_dir) / record.run_id)
     started = time.perf_counter()
 

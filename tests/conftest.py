@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -65,14 +66,24 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Terminate, wait, then kill — this process only, by its PID."""
-    if process.poll() is None:
-        process.terminate()
+    """Terminate, wait, then kill. A process started with `start_new_session=True` is stopped
+    with its session's process group (its PID), so the web server it started goes too."""
+    if process.poll() is not None:
+        return
+    own_group = os.getpgid(process.pid) == process.pid
+
+    def send(sig: int) -> None:
         try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout)
+            os.killpg(process.pid, sig) if own_group else process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        process.wait(timeout=timeout)
 
 
 class MlflowServer:
@@ -96,7 +107,8 @@ class MlflowServer:
         ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT
+                command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         if not wait_for_http(f"{self.url}/health", timeout, self.process):
             self.stop()
@@ -196,7 +208,9 @@ def jax_cpu(monkeypatch) -> None:
 
 @pytest.fixture
 def subprocess_env(jax_cpu) -> dict[str, str]:
-    """os.environ for a subprocess: JAX on CPU and the repository first on PYTHONPATH."""
+    """os.environ for a subprocess: JAX on CPU, the repository first on PYTHONPATH and this
+    interpreter's bin directory first on PATH (`mlflow`, `uvicorn`, `mixvae` of the venv)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join(filter(None, [str(VENV_BIN), env.get("PATH")]))
     return env

@@ -256,3 +256,11 @@ def test_version_format():
     result = invoke("--version")
     assert result.exit_code == 0
     assert re.fullmatch(r"mixvae \S+ \(jax \S+, flax \S+, optax \S+, mlflow \S+\)\n", result.stdout), result.stdout
+
+
+def test_file_tracking_uri_is_a_configuration_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--tracking-uri", "file:./mlruns", "validate", "quick")
+    assert result.exit_code == 2
+    assert "file stores are not supported" in result.stderr and "sqlite:///" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -4,8 +4,6 @@ predict, and serving with `mlflow models serve`."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, mlflow_executable, wait_for_http
+from conftest import free_port, mlflow_executable, stop_process, wait_for_http
 
 PYFUNC_FILE = Path(__file__).resolve().parents[1] / "mixvae" / "tracking" / "pyfunc_model.py"
 IMAGE_SHAPE = (8, 8, 1)
@@ -162,6 +160,9 @@ def test_log_register_load_by_alias_and_predict(tracking_uri, tmp_path):
     assert record.model_uri == model_uri
     assert record.tags["mixvae.registered_model"] == f"{name}/1@candidate"
     assert record.artifacts == []  # the model is a LoggedModel, not a run artifact
+    logged = mlflow.MlflowClient(tracking_uri).get_logged_model(model_uri.removeprefix("models:/"))
+    assert logged.source_run_id == run_id
+    assert {m.key: m.value for m in logged.metrics or []} == {"loss.total": 42.0}  # the summary, linked
 
     info = mlflow.models.get_model_info(f"models:/{name}@candidate")
     (spec,) = info.signature.inputs.inputs
@@ -222,11 +223,4 @@ def test_served_model_answers_and_rejects_wrong_shapes(tracking_uri, tmp_path, s
         assert 400 <= status < 500
         assert "(-1, 8, 8, 1)" in body["message"]
     finally:
-        # `mlflow models serve` starts the web server as its child: stop the session we created.
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=15)
+        stop_process(server)  # with the uvicorn child it started (its own session)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -262,6 +263,11 @@ def test_mlflow_run_id_is_attached_without_set_experiment(tracking_uri, monkeypa
     other = f"other-{uuid.uuid4().hex[:8]}"
     writer = open_run(uri=tracking_uri, experiment_name=other, experiment_from_cli=True, run_name="ignored")
     assert writer.run_id == run.info.run_id and writer.attached
+    assert "MLFLOW_RUN_ID" not in os.environ  # used once: a seed group's children are new runs
+    child = open_run(uri=tracking_uri, run_name="child", nested_parent_id=writer.run_id)
+    assert child.run_id != writer.run_id and child.experiment_id == experiment_id
+    child.set_status("FINISHED")
+    child.close()
     assert writer.experiment_name == project
     writer.log_params({"model.num_components": "3"})
     writer.set_status("FINISHED")
@@ -319,7 +325,7 @@ def test_log_inputs_records_datasets(tracking_uri, tmp_path):
     features = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
     records = {
         "training": {"name": "digits-train", "features": features, "targets": np.array([0, -1, 2, -1, 4, 5]),
-                     "source": str(source), "context": "training", "digest": "unused"},
+                     "source": str(source), "context": "training", "digest": "0badc0de"},
         "validation": {"name": "digits-val", "features": features[:3], "targets": np.arange(3),
                        "source": str(source), "context": "validation"},
     }
@@ -332,7 +338,8 @@ def test_log_inputs_records_datasets(tracking_uri, tmp_path):
             for i in inputs}
     assert seen == {"digits-train": ("training", writer.dataset_digests["digits-train"]),
                     "digits-val": ("validation", writer.dataset_digests["digits-val"])}
-    assert all(len(d) == 8 for d in writer.dataset_digests.values())
+    assert writer.dataset_digests["digits-train"] == "0badc0de"  # the record's own digest is kept
+    assert len(writer.dataset_digests["digits-val"]) == 8  # else MLflow computes one
     assert str(source) in next(i.dataset.source for i in inputs if i.dataset.name == "digits-train")
 
 

@@ -41,7 +41,10 @@ def gaussian_nll_pixel(mean: jax.Array, sigma: jax.Array, x: jax.Array) -> jax.A
 
 
 def gaussian_nll_image(mean: jax.Array, sigma: jax.Array, x: jax.Array) -> jax.Array:
-    """ℓ = Σ_p (x_p − μ_p)² / (2σ²) + P log σ + (P/2) log 2π, one σ per image (``sigma`` has the batch shape)."""
+    """ℓ = Σ_p (x_p − μ_p)² / (2σ²) + P log σ + (P/2) log 2π, one σ per image.
+
+    ``sigma`` has the leading (batch) shape of ``mean`` without the pixel axes.
+    """
     num_pixels = math.prod(mean.shape[-3:])
     return (jnp.sum(jnp.square(x - mean), axis=_PIXEL_AXES) / (2.0 * jnp.square(sigma))
             + num_pixels * jnp.log(sigma) + 0.5 * num_pixels * _LOG_2PI)

@@ -343,3 +343,8 @@ class MixVAE(nnx.Module):
             to_centres = priors.gaussian_kl(fwd.z_mean[:, None, :], fwd.z_logvar[:, None, :], centres)
             return fwd.replace(kl_z=jnp.sum(fwd.responsibilities * to_centres, axis=-1))
         return fwd.replace(kl_z=priors.gaussian_kl(fwd.z_mean, fwd.z_logvar))
+
+
+def forward(model: MixVAE, x: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array) -> Forward:
+    """The forward pass as a function (same as ``model(x, ctx, train=train, key=key)``)."""
+    return model(x, ctx, train=train, key=key)

@@ -100,7 +100,9 @@ def init_pseudo_inputs(cfg, train_x: np.ndarray) -> np.ndarray:
     if method == "kmeans":
         from sklearn.cluster import KMeans  # lazy: keeps sklearn off the serving import path
 
-        subset = train_x[np.sort(rng.choice(n, size=KMEANS_MAX_IMAGES, replace=False))] if n > KMEANS_MAX_IMAGES else train_x
+        subset = train_x
+        if n > KMEANS_MAX_IMAGES:
+            subset = train_x[np.sort(rng.choice(n, size=KMEANS_MAX_IMAGES, replace=False))]
         flat = subset.reshape(subset.shape[0], -1)
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(flat)
         return km.cluster_centers_.astype(np.float32).reshape((k, *train_x.shape[1:]))

@@ -186,14 +186,17 @@ def open_run(
     - `resume_run_id`: reopen that run (status back to RUNNING).
     - else `MLFLOW_RUN_ID` set (as by `mlflow run`): attach to that run; `set_experiment` is never
       called. The run keeps its name unless `run_name_explicit`.
-    - else a new run in the experiment chosen by `resolve_experiment`, named `run_name`, nested
-      under `nested_parent_id` when given.
+    - else a new run named `run_name`: nested under `nested_parent_id` in the parent's experiment
+      when given, else in the experiment chosen by `resolve_experiment`.
     Raises TrackingError when the store cannot be reached or the run cannot be opened.
     """
     client = connect(uri)
     mlflow.set_tracking_uri(uri)
     tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    attach_id = resume_run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    # MLFLOW_RUN_ID is used once (as mlflow.start_run does): runs opened later in this process,
+    # e.g. the children of a seed group, are new runs.
+    env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    attach_id = resume_run_id or env_run_id or None
     try:
         if attach_id:
             existing = client.get_run(attach_id)
@@ -208,9 +211,13 @@ def open_run(
             )
             experiment_name = client.get_experiment(active.info.experiment_id).name
         else:
-            experiment_id, experiment_name = resolve_experiment(
-                client, experiment_name, experiment_from_cli
-            )
+            if nested_parent_id:  # children live in their parent's experiment
+                experiment_id = client.get_run(nested_parent_id).info.experiment_id
+                experiment_name = client.get_experiment(experiment_id).name
+            else:
+                experiment_id, experiment_name = resolve_experiment(
+                    client, experiment_name, experiment_from_cli
+                )
             active = mlflow.start_run(
                 experiment_id=experiment_id,
                 run_name=run_name,
@@ -517,11 +524,14 @@ class MlflowWriter:
 
 
 def numpy_dataset(record: Mapping[str, Any]):
-    """`mlflow.data.from_numpy` for one dataset record; `source` is a file path (or None)."""
+    """`mlflow.data.from_numpy` for one dataset record; `source` is a file path (or None). A
+    record's own `digest` (mixvae.data's, also in the tag `mixvae.dataset_digest`) is kept, so the
+    MLflow UI shows the same digest; without one MLflow computes it."""
     import numpy as np
 
     source = record.get("source")
     targets = record.get("targets")
+    digest = record.get("digest")
     with warnings.catch_warnings():
         # A plain path matches both local-file dataset sources; MLflow warns and picks one.
         warnings.simplefilter("ignore", UserWarning)
@@ -530,4 +540,5 @@ def numpy_dataset(record: Mapping[str, Any]):
             targets=None if targets is None else np.asarray(targets),
             name=str(record["name"]),
             source=None if source is None else str(source),
+            digest=None if digest is None else str(digest),
         )
