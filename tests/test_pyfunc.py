@@ -29,7 +29,8 @@ spec.loader.exec_module(module)
 import mixvae.tracking.pyfunc_model                                  # and as a package module
 added = set(sys.modules) - before
 print(json.dumps({
-    "added_forbidden": sorted(m for m in added if m.split(".")[0] in ("click", "matplotlib", "seaborn", "sklearn")),
+    "added_forbidden": sorted(m for m in added
+                              if m.split(".")[0] in ("click", "matplotlib", "seaborn", "sklearn")),
     "loaded_forbidden": sorted(m for m in ("matplotlib", "seaborn", "sklearn") if m in sys.modules),
     "mixvae": sorted(m for m in added if m.startswith("mixvae")),
     "model_set": type(mlflow.models.model.__mlflow_model__).__name__,
@@ -38,8 +39,8 @@ print(json.dumps({
 
 
 def test_model_file_imports_no_cli_or_plotting_packages(subprocess_env):
-    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(PYFUNC_FILE)], capture_output=True, text=True,
-                         env=subprocess_env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, str(PYFUNC_FILE)], capture_output=True,
+                         text=True, env=subprocess_env, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["added_forbidden"] == []  # click is imported by mlflow itself, never by mixvae
@@ -61,12 +62,15 @@ def _tiny_model(tmp_path: Path, **model_overrides):
     from mixvae.model import MixVAE, predict_arrays, save_weights
     from mixvae.tracking.model_logging import make_data_meta
 
-    model_cfg = {"num_components": 3, "num_classes": 4, "latent_dim": 2, "hidden_dims": [16], **model_overrides}
+    model_cfg = {"num_components": 3, "num_classes": 4, "latent_dim": 2, "hidden_dims": [16],
+                 **model_overrides}
     cfg = Config.model_validate({"model": model_cfg})
     model = MixVAE(cfg, IMAGE_SHAPE, rngs=nnx.Rngs(0))
     k = cfg.model.num_components
     active_mask = jnp.array([1.0] * (k - 1) + [0.0])  # the last channel closed
-    tau_counts = jnp.ones((k, cfg.model.num_classes)).at[0, 1].add(5.0) if cfg.model.use_tau_classifier else None
+    tau_counts = None
+    if cfg.model.use_tau_classifier:
+        tau_counts = jnp.ones((k, cfg.model.num_classes)).at[0, 1].add(5.0)
     weights = save_weights(tmp_path / "weights.msgpack", model, tau_counts, active_mask)
     config_yaml = tmp_path / "config.yaml"
     config_yaml.write_text(to_yaml(cfg))
@@ -124,7 +128,9 @@ def test_chunks_pad_and_reject_bad_shapes(tmp_path):
     as_lists = model.predict(None, images.tolist())  # what JSON serving hands over
     assert len(as_lists) == 2
     assert list(model.predict(None, images[:0]).columns) == [name for name, _ in meta["columns"]]
-    for bad in (np.zeros((2, 5, 5, 1), np.float32), np.zeros((2, 8, 8, 3), np.float32), np.zeros(64, np.float32)):
+    bad_inputs = (np.zeros((2, 5, 5, 1), np.float32), np.zeros((2, 8, 8, 3), np.float32),
+                  np.zeros(64, np.float32))
+    for bad in bad_inputs:
         with pytest.raises(MlflowException, match=r"\(-1, 8, 8, 1\)") as excinfo:
             model.predict(None, bad)
         assert excinfo.value.error_code == "INVALID_PARAMETER_VALUE"
@@ -167,7 +173,8 @@ def test_log_register_load_by_alias_and_predict(tracking_uri, tmp_path):
     info = mlflow.models.get_model_info(f"models:/{name}@candidate")
     (spec,) = info.signature.inputs.inputs
     assert (spec.type, spec.shape) == (np.dtype(np.float32), (-1, 8, 8, 1))
-    columns = ["component", "responsibility_0", "responsibility_1", "responsibility_2", "reconstruction_error"]
+    columns = ["component", "responsibility_0", "responsibility_1", "responsibility_2",
+               "reconstruction_error"]
     assert info.signature.outputs.input_names() == columns
     requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
     assert set(pip_requirements()) <= set(requirements)
@@ -177,7 +184,8 @@ def test_log_register_load_by_alias_and_predict(tracking_uri, tmp_path):
     assert list(frame.columns) == columns and len(frame) == 2
     assert frame["component"].dtype == np.int64
     np.testing.assert_array_equal(frame["component"], expected["component"])
-    np.testing.assert_allclose(frame[columns[1:4]].to_numpy(), expected["responsibilities"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(frame[columns[1:4]].to_numpy(), expected["responsibilities"],
+                               rtol=1e-5, atol=1e-7)
     assert (frame["responsibility_2"] == 0).all()  # closed channel
     np.testing.assert_allclose(frame[columns[1:4]].sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(frame["reconstruction_error"], expected["reconstruction_error"], rtol=1e-5)
@@ -206,8 +214,8 @@ def test_served_model_answers_and_rejects_wrong_shapes(tracking_uri, tmp_path, s
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [mlflow_executable(), "models", "serve", "-m", f"models:/{name}@candidate", "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
+            [mlflow_executable(), "models", "serve", "-m", f"models:/{name}@candidate",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         assert wait_for_http(f"http://127.0.0.1:{port}/ping", 120, server), log_path.read_text()[-3000:]

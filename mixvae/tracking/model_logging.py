@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow import MlflowClient
 from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
