@@ -34,6 +34,20 @@ class Outcome:
     run_id: str | None = None
     status: str | None = None
     summary_metrics: dict = field(default_factory=dict)
+    phases: dict = field(default_factory=dict)   # wall seconds per phase (bench/quick_e2e.py reads them)
+
+
+class _Phase:
+    """Adds the wall time of a block to ``phases[name]``."""
+
+    def __init__(self, phases: dict, name: str):
+        self.phases, self.name = phases, name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.phases[self.name] = self.phases.get(self.name, 0.0) + time.perf_counter() - self.t0
 
 
 def git_info() -> tuple[str, str]:
@@ -89,8 +103,10 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
 
     t_start = time.perf_counter()
     cfg = loaded.config
+    phases: dict[str, float] = {}
     try:
-        ds = load_dataset(cfg, allow_download=True)
+        with _Phase(phases, "data"):
+            ds = load_dataset(cfg, allow_download=True)
     except DataError as exc:
         raise UsageError(str(exc)) from None
     for w in ds.warnings:
@@ -107,17 +123,18 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
     run_name = cfg.tracking.run_name or f"{cfg.experiment.name}-{arch}"
     tags = run_tags(loaded, ds, arch)
     try:
-        writer = open_run(uri=uri, experiment_name=cfg.tracking.experiment_name, run_name=run_name,
-                          run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
-                          experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id, tags=tags,
-                          description=cfg.experiment.description or None, nested_parent_id=nested_parent_id,
-                          log_system_metrics=cfg.tracking.log_system_metrics)
+        with _Phase(phases, "store"):
+            writer = open_run(uri=uri, experiment_name=cfg.tracking.experiment_name, run_name=run_name,
+                              run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
+                              experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id, tags=tags,
+                              description=cfg.experiment.description or None,
+                              nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics)
     except TrackingError as exc:
         console.error(f"error: {exc}")
         return Outcome(EXIT_RUNTIME)
     run_id = writer.run_id
     run_dir = Path(".mixvae") / "checkpoints" / run_id
-    out = Outcome(EXIT_RUNTIME, run_id=run_id)
+    out = Outcome(EXIT_RUNTIME, run_id=run_id, phases=phases)
     try:
         return _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t_start, out,
                              resume_dir=resume_dir, resume_overrides=resume_overrides, verbose=verbose)
@@ -174,9 +191,11 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
     status, reason = "FAILED", None
     with _Sigterm():
         try:
-            seconds = trainer.compile()
+            with _Phase(out.phases, "compile"):
+                seconds = trainer.compile()
             console.print(f"compiling … done in {seconds:.1f} s")
             result = trainer.run()
+            out.phases.update(trainer.timings)
         except KeyboardInterrupt:
             result = None
             status, reason = "KILLED", f"interrupted at epoch {trainer.epoch + 1}"
@@ -250,8 +269,10 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
             meta = make_data_meta(image_shape=ds.image_shape, scale_used=ds.scale_used,
                                   num_components=cfg.model.num_components, num_classes=cfg.model.num_classes,
                                   prediction_keys=prediction_keys(cfg, ds.n_labeled))
+            t_model = time.perf_counter()
             model_uri = log_model(run_id, weights_path=result.weights_path, config_yaml_path=staging / "config.yaml",
                                   data_meta=meta, input_example=result.input_example, uri=uri)
+            out.phases["model"] = time.perf_counter() - t_model
             out.stdout.append(f"model_uri={model_uri}")
             model_line = f"model       {model_uri}"
             if cfg.tracking.register_model:
@@ -269,8 +290,10 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
     # Report, from the run itself (SPEC §11.1).
     if cfg.tracking.report:
         try:
+            t_report = time.perf_counter()
             report_path = build_report_for_run(run_id, uri, cfg.tracking.report_dir, html=cfg.tracking.html,
                                                console=console, writer=writer, final_status=status)
+            out.phases["report"] = time.perf_counter() - t_report
             out.stdout.append(f"report={report_path}")
             console.print(f"report      {report_path}")
             writer.set_tags({"mixvae.report_status": "ok"})
@@ -336,6 +359,7 @@ def _close(writer, console, staging: Path, out: Outcome, status: str, reason: st
         code = EXIT_RUNTIME
     out.status = status
     out.exit_code = code
+    console.debug("phases " + json.dumps({k: round(v, 3) for k, v in out.phases.items()}))
     out.stdout = [f"run_id={out.run_id}", f"status={status}"] + out.stdout
     return out
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port
 
 from mixvae.tracking.uri import check_uri, default_tracking_uri, resolve_tracking_uri
-from mixvae.tracking.writer import MemoryWriter, RunNotFound, TrackingError
+from mixvae.tracking.writer import MemoryWriter, RunNotFound, RunWriter, TrackingError
 
 # ---------------------------------------------------------------------------------------------
 # Without a store
@@ -58,6 +58,7 @@ def test_uri_module_and_memory_writer_do_not_import_mlflow():
 
 def test_memory_writer_keeps_everything(tmp_path):
     writer = MemoryWriter(artifact_root=tmp_path / "art")
+    assert isinstance(writer, RunWriter)
     with pytest.raises(ValueError, match="contain a dot"):
         writer.log_params({"config": "x"})
     writer.log_params({"model.num_components": "10"})
@@ -132,7 +133,7 @@ def test_writer_round_trip_through_load_run(tracking_uri, experiment_name, tmp_p
     files = _write_run_files(tmp_path / "files")
     writer = open_run(uri=tracking_uri, experiment_name="ignored-env-wins", run_name="round-trip",
                       tags={"mixvae.kind": "train"}, description="a test run")
-    assert writer.experiment_name == experiment_name
+    assert writer.experiment_name == experiment_name and isinstance(writer, RunWriter)
     params = {"model.num_components": "3", "model.hidden_dims": "[16, 8]", "training.seed": "0"}
     writer.log_params(params)
     writer.set_tags({"mixvae.architecture": "mix3_unsup_cin"})

@@ -144,6 +144,7 @@ class Trainer:
         self.compile_count = 0
         self.kick_epochs_total = 0
         self.last_temperature = m.gumbel_temperature
+        self.timings: dict[str, float] = {}      # wall seconds: epochs, final_evaluation
 
     # --- properties ---------------------------------------------------------------------------------
 
@@ -432,7 +433,11 @@ class Trainer:
         console.end_bar()
         if not stop_message and reason is None:
             stop_message = f"reached max_epochs ({t.max_epochs}); restored epoch {self.best_epoch}"
-        return self.finish(reason, stopped_early, stop_message)
+        self.timings["epochs"] = time.perf_counter() - started
+        t_final = time.perf_counter()
+        result = self.finish(reason, stopped_early, stop_message)
+        self.timings["final_evaluation"] = time.perf_counter() - t_final
+        return result
 
     def curriculum_monitor_value(self, train: dict, val: dict) -> float:
         key = self.cfg.curriculum.unlock.monitor
