@@ -10,7 +10,8 @@ responsibilities, 8×8 images in [0, 1].
 from __future__ import annotations
 
 import copy
-import math
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,7 +134,6 @@ class Scenario:
 
 
 def _run_id(name: str, seed: int) -> str:
-    import hashlib
     return hashlib.sha256(f"{name}-{seed}".encode()).hexdigest()[:32]
 
 
@@ -288,11 +288,10 @@ def build_record(sc: Scenario) -> RunRecord:
         history_arrays = {"epoch": epochs, "pi": pi.astype(np.float32), "usage_train": usage.astype(np.float32),
                           "usage_val": (usage * 0.97 + 0.03 * pi).astype(np.float32), "active_mask": mask_hist}
 
-    # ---- summary
-    summary = metrics = None
+    # ---- summary (absent for a run that failed before its final evaluation)
+    summary = None
     b = sc.best_epoch - 1
-    metrics = {}
-    metrics_status = {}
+    metrics, metrics_status = {}, {}
     if sc.with_diagnostics:
         for term, values in terms.items():
             metrics[term] = float(values[b] * 1.01)
@@ -306,10 +305,11 @@ def build_record(sc: Scenario) -> RunRecord:
         if mixture_based:
             usage_best = resp.mean(axis=0)
             keff = float(np.exp(-np.sum(usage_best[usage_best > 0] * np.log(usage_best[usage_best > 0]))))
+            entropy = -(resp * np.log(np.maximum(resp, 1e-30))).sum(axis=1)
             metrics.update({"mixture.K_eff": keff, "mixture.active_components": float(np.sum(usage_best > 0.01)),
                             "mixture.dead_components": float(np.sum(np.bincount(argmax, minlength=K)[active] == 0)),
                             "mixture.responsibility_confidence_mean": float(resp.max(axis=1).mean()),
-                            "mixture.component_entropy": float(-(resp * np.log(np.maximum(resp, 1e-30))).sum(1).mean())})
+                            "mixture.component_entropy": float(entropy.mean())})
             if sc.labeled_split:
                 metrics.update({"clustering.nmi": 0.71234, "clustering.ari": 0.61234, "clustering.acc": 0.812345,
                                 "mixture.specialization": 0.7765})
@@ -319,8 +319,9 @@ def build_record(sc: Scenario) -> RunRecord:
             metrics_status["mixture.pi_entropy"] = {"status": "disabled",
                                                     "reason": "π is fixed and uniform (model.learnable_pi is false)"}
         else:
+            reason = "prior_type is 'standard': no mixture components"
             for key in ("mixture.K_eff", "clustering.acc"):
-                metrics_status[key] = {"status": "disabled", "reason": "prior_type is 'standard': no mixture components"}
+                metrics_status[key] = {"status": "disabled", "reason": reason}
         if use_tau:
             metrics.update({"tau.accuracy": 0.84321, "tau.certainty_mean": 0.7712, "tau.calibration_error": 0.0412,
                             "tau.num_free_channels": 2.0, "tau.label_coverage": 10.0})
@@ -366,14 +367,9 @@ def build_record(sc: Scenario) -> RunRecord:
         tags["mixvae.clustering_acc_method"] = summary["clustering_acc_method"]
     if sc.status == "FAILED":
         tags["mixvae.status_reason"] = "RuntimeError: synthetic failure in epoch 4"
-    params = {}
-    for section, values in cfg.items():
-        if section == "tracking":
-            continue
-        for key, value in _flat(values, section).items():
-            if key not in ("experiment.description", "experiment.tags"):
-                import json
-                params[key] = json.dumps(value)
+    params = {key: json.dumps(value) for section, values in cfg.items() if section != "tracking"
+              for key, value in _flat(values, section).items()
+              if key not in ("experiment.description", "experiment.tags")}
     artifacts = [("config.input.yaml", 412), ("config.yaml", 2380)]
     if sc.with_diagnostics:
         artifacts += [("diagnostics/eval.npz", 183_442), ("diagnostics/history.npz", 9_810), ("summary.json", 4_051),

@@ -36,7 +36,9 @@ def compared(tmp_path_factory):
 def test_compare_names_every_run_and_marks_the_baseline(compared):
     runs, path, md = compared
     assert path.name == "COMPARE.md"
-    assert [f"## {t}" in md for t in ("Runs", "Parameter differences", "Metrics", "Seed groups", "Curves")] == [True] * 5
+    titles = ("Runs", "Parameter differences", "Metrics", "Seed groups", "Curves")
+    positions = [md.index(f"\n## {t}\n") for t in titles]
+    assert positions == sorted(positions)
     table = rows(section(md, "Runs"))
     assert [r[0] for r in table] == [f"`{runs[0].run_id}` (baseline)", f"`{runs[1].run_id}`", f"`{runs[2].run_id}`"]
     assert [r[1] for r in table] == [r.run_name for r in runs]

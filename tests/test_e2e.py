@@ -153,12 +153,28 @@ def test_non_finite_loss_marks_the_run_failed(env, workdir, tracking_uri):
     assert "Traceback" not in proc.stderr
 
 
-def test_compare_two_runs(env, workdir, tracking_uri):
-    ids = []
-    for seed in (0, 1):
-        proc = mixvae(["train", "-c", "quick", *FAST, "--set", f"training.seed={seed}", "--no-report"], env, workdir)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        ids.append(stdout_fields(proc.stdout)["run_id"])
+def test_seed_group_then_compare(env, workdir, tracking_uri):
+    proc = mixvae(["train", "-c", "quick", *FAST, "--seeds", "0-1", "--no-report"], env, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    ids = [line.split("=", 1)[1] for line in lines if line.startswith("run_id=")]
+    assert len(ids) == 2
+    group = stdout_fields(proc.stdout)["group_run_id"]
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(group)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mixvae.kind"] == "seed_group"
+    assert parent.data.metrics["seed_n"] == 2.0
+    assert "seed_mean/loss.total" in parent.data.metrics and "seed_std/loss.total" in parent.data.metrics
+    children = [client.get_run(i) for i in ids]
+    assert [c.data.params["training.seed"] for c in children] == ["0", "1"]
+    assert all(c.data.tags.get("mlflow.parentRunId") == group for c in children)
+    assert all(c.data.params["data.seed"] == "0" for c in children)
+    values = [c.data.metrics["loss.total"] for c in children]
+    import statistics
+    assert parent.data.metrics["seed_mean/loss.total"] == pytest.approx(statistics.fmean(values))
+    assert (workdir / stdout_fields(proc.stdout)["report"]).exists()
+
     proc = mixvae(["compare", f"{ids[0]},{ids[1]}", "--out", str(workdir / "cmp")], env, workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (workdir / "cmp" / "COMPARE.md").read_text()
@@ -172,6 +188,7 @@ def test_compare_two_runs(env, workdir, tracking_uri):
     assert listing.returncode == 0
     rows = json.loads(listing.stdout)
     assert {r["run_id"] for r in rows} >= set(ids)
+    assert group not in {r["run_id"] for r in rows}  # seed groups are not training runs
 
 
 def test_unreachable_store_exits_1_before_training(subprocess_env, workdir):

@@ -351,3 +351,14 @@ def test_header_shows_status_reason_split_sizes_and_digest(reports):
     assert "digits 8x8x1 · train 1437 / val 180 / test 180 · labeled 0 · digest 1a2b3c4d" in full
     assert "| summary split · best epoch | test · 14 |" in full
     assert "| started | 2023-11-14 22:13:20 UTC |" in full and "| duration | 1 min 14 s |" in full
+
+
+def test_a_config_that_no_longer_validates_still_drives_the_gates():
+    stored = resolved_config({"model.decoder_conditioning": "none"})
+    stored["model"]["retired_key"] = 3                     # e.g. a run logged by an older mixvae
+    stored["model"]["decoder_conditioning"] = "auto"
+    cfg = resolve_config(stored)
+    gates = {spec.name: spec.gate for spec in CATALOGUE}
+    assert cfg.model.decoder_conditioning == "cin"           # auto resolved for a component-decoding prior
+    assert gates["component_embedding_divergence"](cfg) is None
+    assert gates["component_kl"](cfg) == "latent_layout is 'shared': no per-component latents"

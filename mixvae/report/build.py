@@ -21,7 +21,7 @@ import numpy as np
 
 from .document import BulletList, Document, Image, Paragraph, Section, Table
 from .plots import CATALOGUE, PLOT_FILES, PlotData, PlotStatus, run_plots
-from .plots.common import is_component_decoding, is_mixture_based
+from .plots.common import is_mixture_based
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ def fmt(value) -> str:
             return "inf" if value > 0 else "-inf"
         return f"{value:.4g}"
     return str(value)
+
+
+def clip(text: str, limit: int = 100) -> str:
+    """One table cell: long values (a description, long lists) end in an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def fmt_bytes(size: int) -> str:
@@ -326,7 +331,7 @@ class _Report:
             rows = config_differences(self.record.config, defaults, self.tags.get("mixvae.config_name"))
             if rows:
                 section.add(Paragraph("Resolved keys that differ from the schema default (tracking keys excluded):"),
-                            Table(["key", "value", "default"], [[f"`{k}`", v, d] for k, v, d in rows]))
+                            Table(["key", "value", "default"], [[f"`{k}`", clip(v), clip(d)] for k, v, d in rows]))
             else:
                 section.add(Paragraph("Every resolved key has its schema default (tracking keys excluded)."))
         overrides = self.tags.get("mixvae.overrides", "")

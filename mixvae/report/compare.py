@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .build import (GENERATED_PREFIX, acc_method_of, direction_of, flatten_config, fmt, ordered_metric_keys)
+from .build import GENERATED_PREFIX, acc_method_of, clip, direction_of, flatten_config, fmt, ordered_metric_keys
 from .document import Document, Image, Paragraph, Section, Table
 
 BETTER, WORSE = "▲", "▼"
@@ -138,7 +138,7 @@ def _runs_section(runs: list, base) -> Section:
 def _params_section(runs: list) -> Section:
     values = [_config_values(r) for r in runs]
     keys = sorted({k for v in values for k in v})
-    rows = [[f"`{k}`"] + [v.get(k, "—") for v in values] for k in keys if len({v.get(k) for v in values}) > 1]
+    rows = [[f"`{k}`"] + [clip(v.get(k, "—")) for v in values] for k in keys if len({v.get(k) for v in values}) > 1]
     section = Section("Parameter differences")
     if rows:
         return section.add(Table(["key"] + [_label(r) for r in runs], rows))

@@ -663,6 +663,8 @@ class Trainer:
         arrays["recon_images"] = fixed
         arrays["recon_means"] = np.clip(first["fixed_recon"], 0, 1) if m.reconstruction_loss == "bce" \
             else first["fixed_recon"]
+        if "fixed_sigma" in first:
+            arrays["recon_sigma"] = first["fixed_sigma"]
         if "fixed_percomp" in first:
             arrays["percomp_images"] = fixed[:6]
             arrays["percomp_means"] = first["fixed_percomp"][:6]

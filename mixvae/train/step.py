@@ -280,6 +280,8 @@ class Functions:
         # Fixed images: reconstructions and, for component-decoding priors, every component's mean image.
         fmodel, ffwd = self._eval_forward(params, fixed_x, active_mask, temperature, key)
         out["fixed_recon"] = ffwd.recon
+        if self.hetero:
+            out["fixed_sigma"] = blended_sigma(ffwd)
         if self.comp_dec:
             n = fixed_x.shape[0]
             emb = fmodel.embeddings[...]

@@ -55,7 +55,8 @@ def resolve_config(config_dict: dict | None):
     cfg = _namespace(config_dict)
     model = getattr(cfg, "model", None)
     if model is not None and getattr(model, "decoder_conditioning", None) in (None, "auto"):
-        model.decoder_conditioning = "cin" if getattr(model, "prior_type", None) in COMPONENT_DECODING_PRIORS else "none"
+        decodes_components = getattr(model, "prior_type", None) in COMPONENT_DECODING_PRIORS
+        model.decoder_conditioning = "cin" if decodes_components else "none"
     return cfg
 
 
@@ -223,7 +224,7 @@ def project_2d(z: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
 
 
 def scatter_latents(ax, xy: np.ndarray, colors: np.ndarray, axis_labels, size: float = 5.0) -> None:
-    ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=size, linewidths=0, rasterized=False)
+    ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=size, linewidths=0)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
 
@@ -254,10 +255,10 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
 
 def sigma_to_rgb(sigma: np.ndarray, lo: float, hi: float, shape: tuple[int, int]) -> np.ndarray:
     """σ maps (or one σ per image) → viridis RGB on the [lo, hi] range, tiles of `shape`."""
-    sigma = np.asarray(sigma, dtype=np.float32)
-    if sigma.ndim <= 1 or sigma.size == sigma.shape[0]:
-        sigma = np.broadcast_to(sigma.reshape(-1, 1, 1), (sigma.shape[0] if sigma.ndim else 1, *shape))
-    elif sigma.ndim == 4:
+    sigma = np.atleast_1d(np.asarray(sigma, dtype=np.float32))
+    if sigma.size == len(sigma):                                   # one σ per image
+        sigma = np.broadcast_to(sigma.reshape(-1, 1, 1), (len(sigma), *shape))
+    elif sigma.ndim == 4:                                          # [N, H, W, Ch] → mean over channels
         sigma = sigma.mean(axis=-1)
     scaled = np.clip((sigma - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     return np.asarray(colormap("viridis")(scaled), dtype=np.float32)[..., :3]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (PlotData, PlotSkipped, categorical_colors, class_legend, colormap, draw_montage,
+from .common import (PlotData, PlotSkipped, categorical_colors, colormap, draw_montage,
                      grid_shape, is_component_decoding, is_mixture_based, mean_excluding_diagonal,
                      new_figure, project_2d, save, scatter_latents, style, to_rgb)
 from .core import gate_latent_dim, selected_latents, split_name
@@ -175,8 +175,8 @@ def draw_routing_hardness(data: PlotData, path) -> None:
     sampled = data.diag("routing_sampled").max(axis=1)
     with style():
         fig, (left, right) = new_figure(8.0, 2.9, 1, 2)
-        left.hist(soft, bins=40, range=(0, 1), alpha=0.65, color="C0", histtype="stepfilled", label="max r (deterministic)")
-        left.hist(sampled, bins=40, range=(0, 1), alpha=0.65, color="C3", histtype="stepfilled", label="max ŝ (Gumbel sample)")
+        for values, color, label in ((soft, "C0", "max r (deterministic)"), (sampled, "C3", "max ŝ (Gumbel sample)")):
+            left.hist(values, bins=40, range=(0, 1), alpha=0.65, color=color, histtype="stepfilled", label=label)
         left.set_xlabel("confidence")
         left.set_ylabel("images")
         left.legend(fontsize=6)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from .common import PlotData, colormap, new_figure, save, style
-from .mixture import channel_ticks
 
 TAU_TEXT_THRESHOLD = 0.15      # values above this are written in the τ cells (as tau.label_coverage uses)
 CALIBRATION_BINS = 10

@@ -1,0 +1,200 @@
+"""Shared helpers of the benchmark scripts (SPEC §15).
+
+Every script prints one JSON line per measurement on stdout —
+`{"bench", "config", "metric", "value", "unit", "target", "limit", "machine"}` — and exits 1 when a
+hard limit was exceeded. `target` and `limit` are written as a comparison and a number ("<= 3",
+">= 100", "== 1"), or null where there is none; a measurement that could not be taken has value null
+and a `note` saying why.
+
+Import this module before jax or mixvae: `select_platform()` must run first, because JAX reads
+`JAX_PLATFORMS` once, at its first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+CONFIGS = ROOT / "configs"
+SHIPPED_CONFIGS = ("quick", "default", "decentralized", "tau_semisupervised", "curriculum", "vamp",
+                   "geometric", "mnist_conv")
+
+# ---- platform ------------------------------------------------------------------------------------
+
+
+def select_platform(argv: list[str] | None = None) -> str:
+    """CPU unless `--gpu` is on the command line or JAX_PLATFORMS is already set; returns the choice.
+
+    With `--gpu` JAX picks its default backend (a GPU when one is there)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--gpu" in argv:
+        return os.environ.get("JAX_PLATFORMS", "")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    return os.environ["JAX_PLATFORMS"]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_description() -> str:
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def machine() -> str:
+    """What the measurement runs on: the CPU model and core count, or the GPU's name.
+
+    With JAX_PLATFORMS=cpu this does not import jax (scripts that only time subprocesses)."""
+    if os.environ.get("JAX_PLATFORMS") == "cpu":
+        return f"CPU: {cpu_description()}"
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"CPU: {cpu_description()}"
+    return f"GPU: {device.device_kind} (host {cpu_description()})"
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+    except OSError:  # pragma: no cover
+        return "unknown"
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+
+def _passes(value: float, bound: str) -> bool:
+    op, number = bound.split()
+    number = float(number)
+    return {"<=": value <= number, ">=": value >= number, "==": value == number}[op]
+
+
+class Results:
+    """Prints the JSON lines of one script and remembers whether a hard limit was exceeded."""
+
+    def __init__(self, bench: str, machine_name: str | None = None):
+        self.bench = bench
+        self.machine = machine_name
+        self.exceeded: list[str] = []
+        self.lines: list[dict] = []
+
+    def emit(self, config: str, metric: str, value: float | int | None, unit: str,
+             target: str | None = None, limit: str | None = None, note: str | None = None) -> dict:
+        if self.machine is None:
+            self.machine = machine()
+        line = {"bench": self.bench, "config": config, "metric": metric,
+                "value": None if value is None else round(float(value), 4) if isinstance(value, float) else value,
+                "unit": unit, "target": target, "limit": limit, "machine": self.machine}
+        if note:
+            line["note"] = note
+        self.lines.append(line)
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+        if limit is not None and value is not None and not _passes(float(value), limit):
+            self.exceeded.append(f"{config} {metric} = {value} {unit} (limit {limit})")
+        return line
+
+    def finish(self) -> None:
+        """Exit 1 when a hard limit was exceeded (the reasons go to stderr), else 0."""
+        for what in self.exceeded:
+            print(f"hard limit exceeded: {what}", file=sys.stderr)
+        sys.exit(1 if self.exceeded else 0)
+
+
+def header(bench: str) -> None:
+    """One line on stderr: what runs, when, and how loaded the machine is."""
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"# {bench} · {now} · JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!s} · "
+          f"load average {load_average()}", file=sys.stderr, flush=True)
+
+
+# ---- places --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_dir(prefix: str = "mixvae-bench-", chdir: bool = True) -> Iterator[Path]:
+    """A new empty temporary directory, made the working directory while the block runs (so a
+    local MLflow store, reports and checkpoints land there), removed afterwards."""
+    old = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        path = Path(name)
+        if chdir:
+            os.chdir(path)
+        try:
+            yield path
+        finally:
+            if chdir:
+                os.chdir(old)
+
+
+def child_env(directory: Path) -> dict[str, str]:
+    """Environment of a `mixvae` subprocess: this one's, with a new local sqlite store in
+    `directory` and the repository importable even when mixvae is not installed."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{directory / 'mlflow.db'}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def canvas_npz(directory: Path, copies: int = 1) -> Path:
+    """The 28×28 benchmark data (scikit-learn's digits on a canvas), written by
+    bench/make_canvas_npz.py into `directory`."""
+    out = Path(directory) / f"canvas-{copies}.npz"
+    subprocess.run([sys.executable, str(BENCH / "make_canvas_npz.py"), "--out", str(out),
+                    "--copies", str(copies)], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def fixtures():
+    """tests/fixtures.py (the one definition of the generated data files), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mixvae_test_fixtures", ROOT / "tests" / "fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def children_peak_rss_mb() -> float:
+    """Largest peak resident memory of any waited-for child process so far, in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def make_trainer(loaded, run_dir: Path, writer=None):
+    """A `Trainer` on the config's data with a quiet console (in-memory writer by default)."""
+    from mixvae.console import Console
+    from mixvae.data import load_dataset
+    from mixvae.tracking.writer import MemoryWriter
+    from mixvae.train.loop import Trainer
+
+    ds = load_dataset(loaded.config)
+    writer = writer if writer is not None else MemoryWriter(artifact_root=Path(run_dir) / "memory-artifacts")
+    return Trainer(loaded, ds, writer, Console(quiet=True), run_dir=Path(run_dir))

@@ -1,0 +1,202 @@
+"""P3, P4, P9 and the heavy setting (SPEC §15): training throughput after compilation.
+
+    python bench/throughput.py                     P3 and P4
+    python bench/throughput.py --config mnist_conv P9 (mnist_conv steps/s and epoch time)
+    python bench/throughput.py --heavy             the heavy 28×28 setting, full and top-2 decoding
+    options: --epochs N, --quick (fewer epochs / a smaller pool), --gpu (JAX's default backend)
+
+- P3: `quick.yaml` for 30 epochs (patience off), `training.steps_per_sec` of the run (train steps /
+  time inside the compiled epoch function). Target ≥ 150 steps/s, hard limit ≥ 100.
+- P4: `mnist_conv.yaml`'s model (K = 10, conv encoder/decoder, batch 256) on the 28×28 canvas data
+  (bench/make_canvas_npz.py), `top_m_gating: 2` vs `0`; the ratio of steps/s. Target ≥ 3×, limit ≥ 2×.
+- P9: `mnist_conv.yaml` as shipped. Real MNIST files are used when $MIXVAE_DATA_DIR or the cache holds
+  them; otherwise an MNIST-sized IDX directory (60 000 + 10 000 canvas digits with shifted copies)
+  stands in. Reported only (no limit). `--quick` caps the pool at 6 000 images.
+- heavy: 28×28 canvas digits, 1 293 training images (val/test fractions 0.14), conv encoder/decoder
+  `[32, 64, 128]`, mixture, decentralized, K = 20, D = 2, CIN with E = 32, straight-through Gumbel
+  routing, heteroscedastic MSE, batch 128; all 20 components decoded vs `top_m_gating: 2`. One epoch
+  after compilation by default. Targets: ≤ 100 s/epoch (full), ≤ 15 s/epoch (top-2), peak RSS ≤ 1.5 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+common.select_platform()
+
+HEAVY_MODEL = {
+    "prior_type": "mixture", "num_components": 20, "latent_dim": 2, "latent_layout": "decentralized",
+    "encoder_type": "conv", "decoder_type": "conv", "conv_channels": [32, 64, 128],
+    "decoder_conditioning": "cin", "component_embedding_dim": 32,
+    "use_gumbel_softmax": True, "use_straight_through_gumbel": True,
+    "reconstruction_loss": "mse", "use_heteroscedastic_decoder": True,
+}
+# 1 797 canvas digits: test round(0.14·1797) = 252, val 252, train 1 293.
+HEAVY_DATA_FRACTIONS = {"val_fraction": 0.14, "test_fraction": 0.14}
+
+
+def train_for(loaded, run_dir: Path) -> dict:
+    """Compile, train `training.max_epochs` epochs with the in-memory writer; the timings."""
+    trainer = common.make_trainer(loaded, run_dir)
+    compile_s = trainer.compile()
+    result = trainer.run()
+    if result.status != "FINISHED":
+        raise RuntimeError(f"training ended {result.status}: {result.reason}")
+    m = result.summary_metrics
+    epochs = max(result.epochs_completed, 1)
+    return {
+        "compile_s": compile_s,
+        "steps_per_sec": m["training.steps_per_sec"],
+        "epoch_s": trainer.timings["epochs"] / epochs,          # train + validation + bookkeeping
+        "train_epoch_s": trainer.fns.steps / m["training.steps_per_sec"],  # inside the epoch function
+        "final_evaluation_s": trainer.timings["final_evaluation"],
+        "steps_per_epoch": trainer.fns.steps,
+        "epochs": result.epochs_completed,
+        "n_train": trainer.ds.n_train,
+        "peak_rss_mb": common.peak_rss_mb(),
+    }
+
+
+def load(name_or_path: str, overrides: list[str], raw: dict | None = None):
+    from mixvae.config import load_config
+
+    loaded = load_config(name_or_path, overrides, raw=raw)
+    return loaded
+
+
+# ---- P3 --------------------------------------------------------------------------------------------
+
+
+def bench_p3(results: common.Results, tmp: Path, epochs: int) -> None:
+    loaded = load("quick", [f"training.max_epochs={epochs}", "training.patience=null"])
+    r = train_for(loaded, tmp / "p3")
+    config = f"quick ({epochs} epochs, {r['steps_per_epoch']} steps/epoch, patience off)"
+    results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s", ">= 150", ">= 100")
+    results.emit(config, "epoch_time", r["epoch_s"], "s/epoch",
+                 note="wall time per epoch: train steps, validation, logging, checkpoint")
+
+
+# ---- P4 --------------------------------------------------------------------------------------------
+
+
+def bench_p4(results: common.Results, tmp: Path, epochs: int) -> None:
+    npz = common.canvas_npz(tmp)
+    rates = {}
+    for m in (0, 2):
+        loaded = load("mnist_conv", ["data.dataset=npz", f"data.path={npz}", f"model.top_m_gating={m}",
+                                     f"training.max_epochs={epochs}", "training.patience=null"])
+        r = train_for(loaded, tmp / f"p4-top{m}")
+        rates[m] = r["steps_per_sec"]
+        what = "all 10 decoded" if m == 0 else "top-2"
+        config = (f"mnist_conv model on canvas npz, top_m_gating {m} ({what}), {epochs} epochs × "
+                  f"{r['steps_per_epoch']} steps, batch 256")
+        results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s")
+        results.emit(config, "compile_time", r["compile_s"], "s")
+    results.emit("mnist_conv model on canvas npz, K = 10: top_m_gating 2 vs 0", "steps_per_sec_ratio",
+                 rates[2] / rates[0], "x", ">= 3", ">= 2")
+
+
+# ---- P9 --------------------------------------------------------------------------------------------
+
+
+def mnist_sized_idx(directory: Path) -> Path:
+    """60 000 training and 10 000 test images in the MNIST IDX layout, from the canvas digits."""
+    fx = common.fixtures()
+    images, labels = fx.digits_canvas("upscale", copies=39, seed=0)   # 70 083 images
+    order = __import__("numpy").random.default_rng(0).permutation(len(images))[:70_000]
+    x, y = images[order], labels[order].astype("uint8")
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = (x[:60_000], y[:60_000], x[60_000:], y[60_000:])
+    for name, array in zip(fx.IDX_NAMES, parts):
+        fx.write_idx(directory / name, array)
+    return directory
+
+
+def bench_p9(results: common.Results, tmp: Path, epochs: int, quick: bool) -> None:
+    import os
+
+    from validate_time import has_mnist_files, mnist_dirs
+
+    overrides = [f"training.max_epochs={epochs}", "training.patience=null"]
+    real = next((d for d in mnist_dirs() if has_mnist_files(d)), None)
+    if real is not None:
+        source = f"MNIST files in {real}"
+        overrides.append(f"data.path={real}")
+    else:
+        source = "MNIST-sized generated IDX (60 000 + 10 000 canvas digits)"
+        overrides.append(f"data.path={mnist_sized_idx(tmp / 'mnist-sized')}")
+    if quick:
+        overrides.append("data.num_samples=6000")
+        source += ", pool capped at 6 000"
+    r = train_for(load("mnist_conv", overrides), tmp / "p9")
+    config = (f"mnist_conv ({source}; train {r['n_train']}, {r['steps_per_epoch']} steps/epoch, "
+              f"{r['epochs']} epochs)")
+    results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s", "reported")
+    results.emit(config, "epoch_time", r["epoch_s"], "s/epoch", "reported",
+                 note="wall time per epoch: train steps, validation on the val split, logging")
+    results.emit(config, "compile_time", r["compile_s"], "s", "reported")
+    results.emit(config, "final_evaluation", r["final_evaluation_s"], "s", "reported",
+                 note="best-epoch evaluation of val and the 10 000-image test split, diagnostics")
+    results.emit(config, "peak_rss", r["peak_rss_mb"], "MiB", "reported")
+    del os
+
+
+# ---- heavy -----------------------------------------------------------------------------------------
+
+
+def bench_heavy(results: common.Results, tmp: Path, epochs: int, which: list[int]) -> None:
+    npz = common.canvas_npz(tmp)
+    for m in which:
+        raw = {"experiment": {"name": f"heavy-top{m}"},
+               "data": {"dataset": "npz", "path": str(npz), **HEAVY_DATA_FRACTIONS},
+               "model": {**HEAVY_MODEL, "top_m_gating": m},
+               "training": {"batch_size": 128, "max_epochs": epochs, "patience": None}}
+        r = train_for(load(f"heavy-top{m}", [], raw=raw), tmp / f"heavy-top{m}")
+        if r["n_train"] != 1293:
+            raise RuntimeError(f"the heavy setting needs 1 293 training images, got {r['n_train']}")
+        what = "all 20 decoded" if m == 0 else "top-2"
+        target = "<= 100" if m == 0 else "<= 15"
+        config = (f"heavy: 28×28 canvas, train 1293, conv [32, 64, 128], K = 20, D = 2, CIN E = 32, "
+                  f"heteroscedastic mse, batch 128, {what}, {r['epochs']} epoch(s)")
+        results.emit(config, "epoch_time", r["epoch_s"], "s/epoch", target,
+                     note=f"{r['steps_per_epoch']} steps + validation of 252 images")
+        results.emit(config, "train_epoch_time", r["train_epoch_s"], "s/epoch",
+                     note="time inside the compiled epoch function only")
+        results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s")
+        results.emit(config, "compile_time", r["compile_s"], "s")
+        results.emit(config, "peak_rss", r["peak_rss_mb"], "MiB", "<= 1536",
+                     note="peak of the benchmark process so far (ru_maxrss)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=("quick", "mnist_conv"), default=None,
+                        help="mnist_conv: P9 only; quick or nothing: P3 and P4")
+    parser.add_argument("--heavy", action="store_true", help="the heavy 28×28 setting only")
+    parser.add_argument("--top-m", type=int, nargs="*", default=[0, 2],
+                        help="heavy: which top_m_gating values to run (0 = all decoded)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per measurement")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs, smaller pools")
+    parser.add_argument("--gpu", action="store_true", help="let JAX use its default backend")
+    args = parser.parse_args()
+
+    common.header("throughput")
+    results = common.Results("throughput")
+    with common.fresh_dir() as tmp:
+        if args.heavy:
+            bench_heavy(results, tmp, args.epochs or 1, args.top_m)
+        elif args.config == "mnist_conv":
+            bench_p9(results, tmp, args.epochs or (1 if args.quick else 2), args.quick)
+        else:
+            bench_p3(results, tmp, args.epochs or (10 if args.quick else 30))
+            bench_p4(results, tmp, args.epochs or (1 if args.quick else 2))
+    results.finish()
+
+
+if __name__ == "__main__":
+    main()
