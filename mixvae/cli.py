@@ -367,7 +367,7 @@ def report(state: State, run_id, out_dir, no_upload, no_html):
     uri = resolve_tracking_uri(state.tracking_uri, None)[0]
     entry_run = os.environ.get("MLFLOW_RUN_ID")
     try:
-        path = build_report_for_run(run_id, uri, "reports", html=not no_html, console=state.console,
+        path, full_id = build_report_for_run(run_id, uri, "reports", html=not no_html, console=state.console,
                                     out_dir=Path(out_dir) if out_dir else None, upload=not no_upload)
     except RunNotFound as exc:
         _fail(state, str(exc), EXIT_USAGE)
@@ -379,13 +379,9 @@ def report(state: State, run_id, out_dir, no_upload, no_html):
         _fail(state, f"the report could not be built: {type(exc).__name__}: {exc}", EXIT_RUNTIME)
     if entry_run:
         from mixvae.tracking.entry_points import log_entry_point_files
-        log_entry_point_files(entry_run, uri, [path], kind="report", extra_tags={"mixvae.report_of": _full_id(path)})
+        log_entry_point_files(entry_run, uri, [path], kind="report", extra_tags={"mixvae.report_of": full_id})
     state.console.print(f"report      {path}")
     _out(f"report={path}")
-
-
-def _full_id(report_path: Path) -> str:
-    return Path(report_path).parent.name
 
 
 @main.command()

@@ -14,8 +14,6 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from mixvae import __version__
 from mixvae.config import (Loaded, architecture_code, config_hash, flatten, model_summary_line, to_yaml)
 from mixvae.console import Console
@@ -291,7 +289,7 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
     if cfg.tracking.report:
         try:
             t_report = time.perf_counter()
-            report_path = build_report_for_run(run_id, uri, cfg.tracking.report_dir, html=cfg.tracking.html,
+            report_path, _ = build_report_for_run(run_id, uri, cfg.tracking.report_dir, html=cfg.tracking.html,
                                                console=console, writer=writer, final_status=status)
             out.phases["report"] = time.perf_counter() - t_report
             out.stdout.append(f"report={report_path}")
@@ -307,8 +305,9 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
 
 def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, console: Console | None,
                          writer=None, final_status: str | None = None, out_dir: Path | None = None,
-                         upload: bool = True) -> Path:
-    """The one report path: load the run from MLflow, build figures and REPORT.md, log them back."""
+                         upload: bool = True) -> tuple[Path, str]:
+    """The one report path: load the run from MLflow, build figures and REPORT.md, log them back.
+    Returns (path of REPORT.md, full run id)."""
     from mixvae.report import build_report
     from mixvae.tracking.mlflow_run import upload_dir
     from mixvae.tracking.record import load_run
@@ -330,7 +329,7 @@ def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, 
         console.end_bar()
     if upload:
         upload_dir(record.run_id, out_dir, None, uri=uri)
-    return Path(result.report_md)
+    return Path(result.report_md), record.run_id
 
 
 def prediction_keys(cfg, num_labeled: int) -> list[str]:
@@ -392,5 +391,3 @@ def _jsonable(value):
     return value
 
 
-def load_yaml_text(text: str) -> dict:
-    return yaml.safe_load(text)

@@ -151,6 +151,12 @@ def test_non_finite_loss_marks_the_run_failed(env, workdir, tracking_uri):
     assert run.info.status == "FAILED"
     assert "non-finite loss at epoch 1" in run.data.tags["mixvae.status_reason"]
     assert "Traceback" not in proc.stderr
+    # A report of the FAILED run still builds and says what is missing.
+    report = mixvae(["report", fields["run_id"], "--out", str(workdir / "failed"), "--no-upload"], env, workdir)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (workdir / "failed" / "REPORT.md").read_text()
+    assert "| status | FAILED" in text
+    assert "run has no diagnostics (status FAILED)" in text
 
 
 def test_seed_group_then_compare(env, workdir, tracking_uri):
