@@ -191,3 +191,25 @@ def test_non_finite_loss_fails_the_run_with_the_term(tmp_path):
     assert "non-finite loss at epoch 1" in result.reason
     assert "loss.recon" in result.reason
     assert writer.epochs == {}  # the bad epoch is never logged
+
+
+def test_host_driven_epoch_matches_the_scanned_epoch(tmp_path):
+    """Conv models on the CPU run one compiled step per call (XLA:CPU is slow on convolutions inside a
+    rolled scan); both forms must train the same model."""
+    conv = ["model.encoder_type=conv", "model.decoder_type=conv", "model.conv_channels=[4, 8]",
+            "training.max_epochs=2", "training.patience=null"]
+    results = []
+    for host_loop in (False, True):
+        loaded = load_config("quick", SMALL + conv)
+        ds = load_dataset(loaded.config)
+        writer = MemoryWriter(artifact_root=tmp_path / f"a{host_loop}")
+        trainer = Trainer(loaded, ds, writer, Console(quiet=True), run_dir=tmp_path / f"r{host_loop}")
+        assert trainer.fns.host_loop is True  # chosen automatically for conv on the CPU
+        trainer.fns.host_loop = host_loop
+        trainer.compile()
+        trainer.run()
+        results.append(untimed(writer.epochs[2]))
+    scanned, hosted = results
+    assert scanned.keys() == hosted.keys()
+    for key in scanned:
+        assert hosted[key] == pytest.approx(scanned[key], rel=1e-4, abs=1e-5), key

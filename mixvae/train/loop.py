@@ -173,10 +173,16 @@ class Trainer:
         """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each."""
         t0 = time.perf_counter()
         fns = self.fns
-        epoch_jit = jax.jit(fns.epoch, donate_argnums=(0,))
-        self.compiled["epoch"] = epoch_jit.lower(
-            self.state, self.train_x, self.train_y, self._example_schedule(), np.int32(1),
-            self.keys["shuffle"], self.keys["steps"]).compile()
+        if fns.host_loop:
+            self.zero_sums = jax.device_get(jax.eval_shape(fns.zero_sums))
+            self.zero_sums = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), self.zero_sums)
+            self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1)).lower(
+                self.state, self.zero_sums, self.train_x, self.train_y, self._example_schedule(), np.int32(1),
+                np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
+        else:
+            self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,)).lower(
+                self.state, self.train_x, self.train_y, self._example_schedule(), np.int32(1),
+                self.keys["shuffle"], self.keys["steps"]).compile()
         x, y, v = self._eval_inputs()
         self.compiled["eval"] = jax.jit(fns.evaluate).lower(
             self.state.params, self.state.tau_counts, x, y, v, np.ones(self.k, F32), np.float32(1.0),
@@ -358,8 +364,7 @@ class Trainer:
                 sched, sched_logged = self.schedule(n, plan)
                 self.last_temperature = temperature(cfg, n)
                 t_in = time.perf_counter()
-                new_state, sums = self.compiled["epoch"](self.state, self.train_x, self.train_y, sched, np.int32(n),
-                                                         self.keys["shuffle"], self.keys["steps"])
+                new_state, sums = self.run_epoch(sched, n)
                 sums = jax.device_get(sums)  # the one host read of the epoch
                 inside = time.perf_counter() - t_in
                 train = self.train_metrics(sums, plan.active_mask)
@@ -438,6 +443,18 @@ class Trainer:
         result = self.finish(reason, stopped_early, stop_message)
         self.timings["final_evaluation"] = time.perf_counter() - t_final
         return result
+
+    def run_epoch(self, sched: Schedule, n: int):
+        """Epoch n: one call of the scanned epoch, or one call per step when the host drives it."""
+        fn = self.compiled["epoch"]
+        if not self.fns.host_loop:
+            return fn(self.state, self.train_x, self.train_y, sched, np.int32(n), self.keys["shuffle"],
+                      self.keys["steps"])
+        state, sums = self.state, self.zero_sums
+        for i in range(self.fns.steps):  # dispatched asynchronously; nothing is fetched until the end
+            state, sums = fn(state, sums, self.train_x, self.train_y, sched, np.int32(n), np.int32(i),
+                             self.keys["shuffle"], self.keys["steps"])
+        return state, sums
 
     def curriculum_monitor_value(self, train: dict, val: dict) -> float:
         key = self.cfg.curriculum.unlock.monitor
@@ -542,7 +559,7 @@ class Trainer:
         if self.best is None:
             return TrainResult("FAILED", failure or "no epoch completed", self.epoch, 0,
                                stop_message=stop_message)
-        params = jax.tree.map(jnp.asarray, self.best["params"])
+        params = self.best["params"]  # host arrays: the compiled functions take them as they are
         tau_counts = jnp.asarray(self.best["tau_counts"])
         mask = np.asarray(self.best["active_mask"], F32)
         temp = self.last_temperature
@@ -675,7 +692,7 @@ class Trainer:
         if "sigma" in outs[0]:
             sig = np.concatenate([np.asarray(o["sigma"]).reshape(len(o["sigma"]), -1) for o in outs])[:nsel]
             arrays["sigma"] = sig.reshape(-1)[:100_000]
-        model = nnx.merge(self.graphdef, jax.tree.map(jnp.asarray, params))
+        model = nnx.merge(self.graphdef, params)
         if getattr(model, "embeddings", None) is not None:
             arrays["embeddings"] = np.asarray(model.embeddings[...])
         pi = self.pi(params)

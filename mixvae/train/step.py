@@ -102,6 +102,10 @@ class Functions:
         self.hetero = m.use_heteroscedastic_decoder
         self.num_labeled = num_labeled
         self.k = m.num_components
+        # XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about 8× slower than the same
+        # step compiled on its own (measured, docs/performance.md), so conv models on the CPU drive the
+        # epoch from the host: one compiled step per call, sums kept on the device, one fetch per epoch.
+        self.host_loop = ("conv" in (m.encoder_type, m.decoder_type)) and jax.default_backend() == "cpu"
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -127,44 +131,66 @@ class Functions:
         objective = objective + sum(lab.values()) + sum(terms.step.values())
         return objective, (fwd, terms, labeled)
 
-    # --- the scanned epoch ----------------------------------------------------------------------
+    # --- the epoch ------------------------------------------------------------------------------
 
-    def epoch(self, state: TrainState, train_x, train_y, sched: Schedule, epoch, shuffle_key, steps_key):
-        """One epoch: permute on the device, gather batches, lax.scan over the train steps."""
-        cfg = self.cfg
+    def _batches(self, epoch, shuffle_key):
+        """The epoch's batch indices [S, B] and validity mask [S, B], from a device-side permutation."""
         n, b, s = self.n_train, self.batch, self.steps
         perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
         total = s * b
         pad = total - n if total > n else 0
         idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])[:total].reshape(s, b)
         valid = (jnp.arange(total) < n).astype(F32).reshape(s, b) if pad else jnp.ones((s, b), F32)
+        return idx, valid
 
-        tau_counts = state.tau_counts
-        if self.use_tau:  # N ← α₀ + δ (N − α₀) at the start of each epoch
-            tau_counts = tau_lib.decay_counts(tau_counts, cfg.model.tau_smoothing_alpha, cfg.model.tau_count_decay)
-        state = state.replace(tau_counts=tau_counts)
+    def _decay_tau(self, state: TrainState) -> TrainState:
+        """N ← α₀ + δ (N − α₀) at the start of each epoch."""
+        if not self.use_tau:
+            return state
+        m = self.cfg.model
+        return state.replace(tau_counts=tau_lib.decay_counts(state.tau_counts, m.tau_smoothing_alpha,
+                                                             m.tau_count_decay))
 
+    def _train_step(self, state: TrainState, sums, train_x, train_y, bidx, bvalid, sched: Schedule, steps_key):
+        """One optimiser step on the batch ``bidx``; τ evidence and the epoch sums updated."""
+        x = train_x[bidx]
+        y = train_y[bidx]
+        key = jax.random.fold_in(steps_key, state.step)
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
+        (objective, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, bvalid, sched, key,
+                                                            state.tau_counts)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        counts = state.tau_counts
+        if self.use_tau:  # evidence from this step's deterministic responsibilities (pre-update)
+            counts = tau_lib.update_counts(counts, fwd.responsibilities, y, bvalid)
+        sums = self._accumulate(sums, fwd, terms, labeled, bvalid, objective, sched.active_mask)
+        return TrainState(params=params, opt_state=opt_state, tau_counts=counts, step=state.step + 1), sums
 
-        def train_step(carry, batch):
-            state, sums = carry
-            bidx, bvalid = batch
-            x = train_x[bidx]
-            y = train_y[bidx]
-            key = jax.random.fold_in(steps_key, state.step)
-            (objective, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, bvalid, sched, key,
-                                                                state.tau_counts)
-            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            counts = state.tau_counts
-            if self.use_tau:  # evidence from this step's deterministic responsibilities (pre-update)
-                counts = tau_lib.update_counts(counts, fwd.responsibilities, y, bvalid)
-            sums = self._accumulate(sums, fwd, terms, labeled, bvalid, objective, sched.active_mask)
-            new = TrainState(params=params, opt_state=opt_state, tau_counts=counts, step=state.step + 1)
-            return (new, sums), None
+    def epoch(self, state: TrainState, train_x, train_y, sched: Schedule, epoch, shuffle_key, steps_key):
+        """One epoch: permute on the device, gather batches, lax.scan over the train steps."""
+        idx, valid = self._batches(epoch, shuffle_key)
+        state = self._decay_tau(state)
 
-        (state, sums), _ = jax.lax.scan(train_step, (state, self._zero_sums()), (idx, valid))
+        def body(carry, batch):
+            return self._train_step(*carry, train_x, train_y, *batch, sched, steps_key), None
+
+        (state, sums), _ = jax.lax.scan(body, (state, self._zero_sums()), (idx, valid))
         return state, sums
+
+    def epoch_step(self, state: TrainState, sums, train_x, train_y, sched: Schedule, epoch, step_in_epoch,
+                   shuffle_key, steps_key):
+        """Step ``step_in_epoch`` of an epoch, for the host-driven epoch (``host_loop``): the same
+        permutation, batches, τ decay and sums as the scanned epoch, one compiled step per call."""
+        idx, valid = self._batches(epoch, shuffle_key)
+        if self.use_tau:
+            decayed = self._decay_tau(state).tau_counts
+            state = state.replace(tau_counts=jnp.where(step_in_epoch == 0, decayed, state.tau_counts))
+        return self._train_step(state, sums, train_x, train_y, idx[step_in_epoch], valid[step_in_epoch], sched,
+                                steps_key)
+
+    def zero_sums(self):
+        return self._zero_sums()
 
     def _zero_sums(self):
         z = jnp.zeros((), F32)
