@@ -8,7 +8,6 @@ configuration error, 130 interrupted.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import sys
 import tempfile
@@ -93,7 +92,7 @@ def _gather_overrides(sets: tuple[str, ...], overrides: str | None) -> list[str]
 def _validate(state: State, config: str, overrides: list[str], strict: bool, print_config: bool,
               shortcuts: dict | None = None):
     """Stages 1–4 of SPEC §3.10. Returns (loaded, dataset, report) or exits 2."""
-    from mixvae.config import ConfigError, architecture_code, load_config, to_yaml
+    from mixvae.config import ConfigError, architecture_code, load_config
     from mixvae.data import DataError, probe_dataset
     from mixvae.train.abstract import WiringError, check
 

@@ -30,7 +30,7 @@ def _shape(x) -> str:
 
 
 def check(cfg, image_shape: tuple[int, int, int], num_labeled: int, n_train: int | None = None) -> AbstractReport:
-    from mixvae.model import MixVAE, RouteCtx, enabled_terms
+    from mixvae.model import MixVAE, enabled_terms
     from mixvae.train.step import Functions, Schedule, TrainState, make_optimizer
 
     b = cfg.training.batch_size

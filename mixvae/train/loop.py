@@ -8,7 +8,6 @@ NumPy reductions and one ``writer.log_epoch`` call.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -269,7 +268,7 @@ class Trainer:
         return self._split_metrics(per_image, outs[0]["step"], y, active_mask, params, tau_counts)
 
     def _split_metrics(self, per, step_terms, y, active_mask, params, tau_counts) -> SplitResult:
-        cfg, m = self.cfg, self.cfg.model
+        m = self.cfg.model
         n = len(y)
         metrics: dict[str, float] = {}
         status: dict[str, dict] = {}
@@ -644,7 +643,7 @@ class Trainer:
 
     def write_diagnostics(self, params, tau_counts, mask, x, y, res: SplitResult, path: Path) -> None:
         """diagnostics/eval.npz of SPEC §9.5 from the compiled diagnostics function."""
-        cfg, m = self.cfg, self.cfg.model
+        m = self.cfg.model
         n = len(x)
         key = self.keys["eval"]
         cap = 10_000
