@@ -355,3 +355,16 @@ def test_component_means_decode_every_component_and_blend_to_the_recon():
     run(state, ctx.replace(active_mask=jnp.asarray([1.0, 0.0, 1.0, 0.0]), temperature=jnp.float32(3.0),
                            kick_bias=jnp.ones(K), straight_through=jnp.float32(0.0)))
     assert run._cache_size() == 1
+
+
+@pytest.mark.parametrize("shape,c_in,c_out", [((4, 7, 7, 8), 8, 4), ((3, 2, 3, 5), 5, 6), ((2, 1, 1, 3), 3, 2)])
+def test_zero_insertion_equals_the_transposed_convolution(shape, c_in, c_out):
+    """The decoder's stride-2 upsampling is nnx.ConvTranspose computed a faster way: same values."""
+    from mixvae.model.networks import transposed_conv
+    layer = nnx.ConvTranspose(c_in, c_out, (3, 3), strides=2, padding="SAME", rngs=nnx.Rngs(1))
+    layer.bias[...] = jax.random.normal(jax.random.PRNGKey(3), (c_out,))
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    expected = layer(x)
+    got = transposed_conv(layer, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
