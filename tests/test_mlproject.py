@@ -88,3 +88,33 @@ def test_mlflow_run_main_trains_registers_and_predicts(tracking_uri, experiment_
     resp = frame[[f"responsibility_{k}" for k in range(10)]].to_numpy()
     assert np.allclose(resp.sum(axis=1), 1.0, atol=1e-5)
     assert (frame["reconstruction_error"] > 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_mlflow_run_report_and_compare_entry_points(tracking_uri, experiment_name, subprocess_env, tmp_path):
+    import sys
+    ids = []
+    for seed in (0, 1):
+        proc = subprocess.run([sys.executable, "-m", "mixvae", "train", "-c", "quick", "--set", "training.max_epochs=1",
+                               "--set", "model.hidden_dims=[32]", "--set", f"training.seed={seed}", "--no-report"],
+                              env=subprocess_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ids.append(next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run_id=")))
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+
+    proc = mlflow_run(["-e", "compare", "-P", f"run_ids={ids[0]},{ids[1]}", "--experiment-name", experiment_name],
+                      subprocess_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (entry,) = client.search_runs([exp.experiment_id], "tags.`mixvae.kind` = 'compare'")
+    assert entry.info.status == "FINISHED"
+    assert "COMPARE.md" in {a.path for a in client.list_artifacts(entry.info.run_id)}
+
+    proc = mlflow_run(["-e", "report", "-P", f"run_id={ids[0]}", "--experiment-name", experiment_name],
+                      subprocess_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (entry,) = client.search_runs([exp.experiment_id], "tags.`mixvae.kind` = 'report'")
+    assert entry.data.tags["mixvae.report_of"] == ids[0]
+    assert "REPORT.md" in {a.path for a in client.list_artifacts(entry.info.run_id)}
+    assert "REPORT.html" in {a.path for a in client.list_artifacts(ids[0])}  # uploaded to the reported run
