@@ -89,8 +89,7 @@ def _gather_overrides(sets: tuple[str, ...], overrides: str | None) -> list[str]
     return list(sets) + split_overrides(overrides)
 
 
-def _validate(state: State, config: str, overrides: list[str], strict: bool, print_config: bool,
-              shortcuts: dict | None = None):
+def _validate(state: State, config: str, overrides: list[str], strict: bool, shortcuts: dict | None = None):
     """Stages 1–4 of SPEC §3.10. Returns (loaded, dataset, report) or exits 2."""
     from mixvae.config import ConfigError, architecture_code, load_config
     from mixvae.data import DataError, probe_dataset
@@ -164,7 +163,7 @@ def _validation_run(run_id, config, loaded, errors, warnings) -> None:
 def validate(state: State, config, sets, overrides, strict, print_config):
     """Check CONFIG without training and without contacting MLflow."""
     from mixvae.config import to_yaml
-    loaded, ds, report, arch = _validate(state, config, _gather_overrides(sets, overrides), strict, print_config)
+    loaded, ds, report, arch = _validate(state, config, _gather_overrides(sets, overrides), strict)
     _out("valid=true")
     _out(f"architecture={arch}")
     if print_config:
@@ -230,7 +229,7 @@ def train(state: State, config, sets, overrides, validate_only, strict, seeds, r
         return
     if not config:
         _fail(state, "missing option '--config' / '-c' (a config path or preset name, e.g. quick)", EXIT_USAGE)
-    loaded, ds, report, arch = _validate(state, config, items, strict, False, shortcuts)
+    loaded, ds, report, arch = _validate(state, config, items, strict, shortcuts)
     if validate_only:
         _out("valid=true")
         _out(f"architecture={arch}")

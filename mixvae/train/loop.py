@@ -84,7 +84,6 @@ class TrainResult:
     summary: dict | None = None             # summary.json content (None when killed)
     summary_metrics: dict[str, float] = field(default_factory=dict)
     weights_path: Path | None = None
-    data_meta: dict | None = None
     input_example: np.ndarray | None = None
     stopped_early: bool = False
     stop_message: str = ""
@@ -140,7 +139,6 @@ class Trainer:
         self.epoch_time_inside = 0.0
         self.steps_done = 0
         self.compiled: dict[str, Any] = {}
-        self.compile_count = 0
         self.kick_epochs_total = 0
         self.last_temperature = m.gumbel_temperature
         self.timings: dict[str, float] = {}      # wall seconds: epochs, final_evaluation
@@ -190,7 +188,6 @@ class Trainer:
         self.compiled["diagnostics"] = jax.jit(fns.diagnostics).lower(
             self.state.params, self.state.tau_counts, x, fixed, np.ones(self.k, F32), np.float32(1.0),
             np.int32(0), self.keys["eval"]).compile()
-        self.compile_count += 3
         self.compile_time = time.perf_counter() - t0
         return self.compile_time
 
@@ -241,6 +238,11 @@ class Trainer:
         return out
 
     def pi(self, params) -> np.ndarray | None:
+        """π = softmax(pi_logits); None without components. A fixed π stays uniform, so no lookup is needed."""
+        if not self.cfg.model.is_component_decoding:
+            return None
+        if not self.cfg.model.learnable_pi:
+            return np.full(self.k, 1.0 / self.k)
         model = nnx.merge(self.graphdef, params)
         if getattr(model, "pi_logits", None) is None:
             return None
@@ -427,13 +429,11 @@ class Trainer:
                                     f"{t.min_delta:g} for {t.patience} epochs; restored epoch {self.best_epoch}")
                     break
         except KeyboardInterrupt:
-            console.end_bar()
-            self.upload_last()
+            console.end_bar()  # the caller uploads the last checkpoint and ends the run
             return TrainResult("KILLED", f"interrupted at epoch {self.epoch + 1}", self.epoch, self.best_epoch)
         except NonFiniteLoss as exc:
             console.end_bar()
             reason = str(exc)
-            self.upload_last()
         console.end_bar()
         if not stop_message and reason is None:
             stop_message = f"reached max_epochs ({t.max_epochs}); restored epoch {self.best_epoch}"
@@ -618,11 +618,9 @@ class Trainer:
         weights_path = self.run_dir / "model" / "weights.msgpack"
         weights_path.parent.mkdir(parents=True, exist_ok=True)
         save_weights(weights_path, model, tau_counts if cfg.model.use_tau_classifier else None, mask)
-        data_meta = {"H": ds.image_shape[0], "W": ds.image_shape[1], "Ch": ds.image_shape[2],
-                     "scale_used": float(ds.scale_used), "K": self.k, "C": cfg.model.num_classes}
         return TrainResult("FAILED" if failure else "FINISHED", failure, self.epoch, self.best_epoch,
                            summary=summary, summary_metrics=metrics, weights_path=weights_path,
-                           data_meta=data_meta, input_example=np.asarray(sx[:2], F32),
+                           input_example=np.asarray(sx[:2], F32),
                            stopped_early=stopped_early, stop_message=stop_message)
 
     def per_component(self, res: SplitResult, mask, y) -> dict:
