@@ -198,3 +198,47 @@ def make_trainer(loaded, run_dir: Path, writer=None):
     ds = load_dataset(loaded.config)
     writer = writer if writer is not None else MemoryWriter(artifact_root=Path(run_dir) / "memory-artifacts")
     return Trainer(loaded, ds, writer, Console(quiet=True), run_dir=Path(run_dir))
+
+
+# ---- markdown ------------------------------------------------------------------------------------
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def mean_std(values: list[float], digits: int) -> str:
+    """`mean ± sample std` with `digits` decimals; one value alone; "–" for none."""
+    import statistics
+
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def replace_section(path: Path, title: str, body: str, intro: str = "") -> None:
+    """Put `## title` followed by `body` into the markdown file `path`: the section of that title (its
+    heading up to the next `## ` heading outside a code fence) is replaced in place, a new one is
+    appended; text above the first `## ` heading and every other section stay as they are. A missing
+    file starts with `intro`."""
+    text = path.read_text(encoding="utf-8") if path.exists() else (intro.strip() + "\n" if intro else "")
+    chunks: list[list[str]] = [[]]  # chunks[0]: the text above the first `## ` heading
+    fenced = False
+    for line in text.splitlines():
+        fenced ^= line.lstrip().startswith("```")
+        if line.startswith("## ") and not fenced:
+            chunks.append([])
+        chunks[-1].append(line)
+    new = [f"## {title}", "", *body.strip("\n").splitlines()]
+    titles = [c[0][3:].strip() for c in chunks[1:]]
+    if title in titles:
+        chunks[titles.index(title) + 1] = new + [""]
+    else:
+        if chunks[-1] and chunks[-1][-1].strip():
+            chunks[-1].append("")
+        chunks.append(new + [""])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(line for c in chunks for line in c).rstrip("\n") + "\n", encoding="utf-8")

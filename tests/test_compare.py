@@ -111,6 +111,32 @@ def test_seed_groups_show_mean_and_sample_std(compared):
     assert table["mixture.K_eff"] == [f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.4g}", "2"]
 
 
+def seed_table(seeds_section: str) -> list[list[str]]:
+    """The per-seed table of a seed group: the first table of its section, header row included."""
+    block = seeds_section.split("\n\n| seed |", 1)[1].split("\n\n", 1)[0]
+    lines = ("| seed |" + block).splitlines()
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines if not line.startswith("|-")]
+
+
+def test_seed_groups_have_a_per_seed_table_with_a_mean_row(compared):
+    runs, _, md = compared
+    header, *body = seed_table(section(md, "Seed groups"))
+    assert header == ["seed", "run id", "status", "clustering.acc (hungarian)", "clustering.nmi", "mixture.K_eff",
+                      "latent.active_units", "loss.recon"]          # no tau.accuracy: not logged
+    members = [runs[0], runs[2]]
+    assert [row[:3] for row in body[:2]] == [[str(s), f"`{r.run_id}`", r.status] for s, r in zip((0, 1), members)]
+    acc = [r.metrics["clustering.acc"] for r in members]
+    assert body[0][3] == f"{acc[0]:.4g}" and body[1][3] == f"{acc[1]:.4g}"
+    assert body[2][0] == "mean ± std"
+    assert body[2][3] == f"{np.mean(acc):.4g} ± {np.std(acc, ddof=1):.4g}"
+
+
+def test_per_seed_table_shows_tau_accuracy_where_logged(tmp_path):
+    md = build_compare([record("tau"), record("tau", seed=1)], tmp_path, html=False).read_text()
+    header, *body = seed_table(section(md, "Seed groups"))
+    assert header[-1] == "tau.accuracy" and len(body) == 3 and body[-1][0] == "mean ± std"
+
+
 def test_no_seed_group_without_a_shared_hash(tmp_path):
     md = build_compare([record("standard"), record("tau")], tmp_path, html=False).read_text()
     assert "No seed groups" in section(md, "Seed groups")

@@ -179,7 +179,9 @@ def test_seed_group_then_compare(env, workdir, tracking_uri):
     values = [c.data.metrics["loss.total"] for c in children]
     import statistics
     assert parent.data.metrics["seed_mean/loss.total"] == pytest.approx(statistics.fmean(values))
-    assert (workdir / stdout_fields(proc.stdout)["report"]).exists()
+    group_report = (workdir / stdout_fields(proc.stdout)["report"]).read_text()
+    assert "| seed | run id | status | clustering.acc" in group_report          # the per-seed table
+    assert f"| 0 | `{ids[0]}` | FINISHED |" in group_report and "| mean ± std |" in group_report
 
     proc = mixvae(["compare", f"{ids[0]},{ids[1]}", "--out", str(workdir / "cmp")], env, workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,8 +1,8 @@
 """COMPARE.md (and COMPARE.html, compare_figures/) for two or more runs (SPEC §11.4).
 
 Five parts: the runs, the config keys that differ, the metrics with direction-aware deltas to a
-baseline (▲ better, ▼ worse), seed groups (runs sharing `mixvae.config_hash_noseed`) with
-mean ± sample std, and overlaid validation curves.
+baseline (▲ better, ▼ worse), seed groups (runs sharing `mixvae.config_hash_noseed`) with a per-seed
+table of the headline keys and mean ± sample std, and overlaid validation curves.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ CURVES = (
     ("val_clustering_acc.png", "val/clustering.acc", False),
     ("val_tau_accuracy.png", "val/tau.accuracy", False),
 )
+# columns of the per-seed table of a seed group (each only when a member logged it)
+SEED_TABLE_KEYS = ("clustering.acc", "clustering.nmi", "mixture.K_eff", "latent.active_units", "loss.recon",
+                   "tau.accuracy")
 
 
 def default_compare_dir(run_ids) -> str:
@@ -194,12 +197,32 @@ def _seed_section(runs: list, keys: list[str]) -> Section:
             present = [float(_metrics(r)[key]) for r in members if key in _metrics(r)]
             if len(present) >= 2:
                 label = f"{key} ({' / '.join(methods)})" if key == "clustering.acc" and methods else key
-                rows.append([label, f"{fmt(float(np.mean(present)))} ± {fmt(float(np.std(present, ddof=1)))}",
-                             str(len(present))])
+                rows.append([label, _mean_std(present), str(len(present))])
         section.add(Paragraph(f"Group `{group}`: " + ", ".join(f"{_label(r)} seed {_seed(r)}" for r in members)),
+                    _per_seed_table(members),
                     Table(["metric", "mean ± std", "n"], rows) if rows
                     else Paragraph("No summary key is present in two runs of this group."))
     return section
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(float(np.mean(values)))} ± {fmt(float(np.std(values, ddof=1)))}"
+
+
+def _per_seed_table(members: list) -> Table:
+    """One row per run of a seed group (by seed) with the headline keys any member logged, then mean ± std."""
+    keys = [k for k in SEED_TABLE_KEYS if any(k in _metrics(r) for r in members)]
+    ordered = sorted(members, key=lambda r: int(_seed(r)) if _seed(r).isdigit() else float("inf"))
+    rows = [[_seed(r), f"`{r.run_id}`", r.status] + [fmt(_metrics(r).get(k)) for k in keys] for r in ordered]
+    rows.append(["mean ± std", "", ""]
+                + [_mean_std([float(_metrics(r)[k]) for r in members if k in _metrics(r)]) for k in keys])
+    methods = sorted({acc_method_of(r) for r in members if acc_method_of(r)})
+    labels = [f"{k} ({' / '.join(methods)})" if k == "clustering.acc" and methods else k for k in keys]
+    return Table(["seed", "run id", "status"] + labels, rows)
 
 
 def _curves_section(runs: list, out_dir: Path) -> Section:
