@@ -179,6 +179,11 @@ class ModelConfig(_Section):
     dirichlet_alpha: float | None = Field(None, gt=0)
     dirichlet_weight: float = Field(1.0, ge=0)
     component_diversity_weight: float = 0.0
+    latent_kl_weighting: Literal["responsibility", "uniform"] = "responsibility"
+    usage_balance_weight: float = Field(0.0, ge=0)
+    cluster_init: Literal["none", "kmeans"] = "none"
+    cluster_init_epochs: int = Field(10, ge=1)
+    cluster_init_weight: float = Field(1.0, gt=0)
     label_weight: float = Field(1.0, ge=0)
     l1_weight: float = Field(0.0, ge=0)
     # classifiers
@@ -544,6 +549,16 @@ APPLIES.update({
     "model.dirichlet_weight": _when(lambda c: c.model.dirichlet_alpha is not None,
                                     lambda c: "model.dirichlet_alpha is null"),
     "model.component_diversity_weight": _when(lambda c: c.model.is_mixture_based, _prior_reason),
+    "model.latent_kl_weighting": _when(lambda c: c.model.is_component_decoding and
+                                       c.model.latent_layout == "decentralized",
+                                       lambda c: _prior_reason(c) if not c.model.is_component_decoding
+                                       else "model.latent_layout is 'shared'"),
+    "model.usage_balance_weight": _when(lambda c: c.model.is_mixture_based, _prior_reason),
+    "model.cluster_init": _when(lambda c: c.model.is_mixture_based, _prior_reason),
+    "model.cluster_init_epochs": _when(lambda c: c.model.is_mixture_based and c.model.cluster_init != "none",
+                                       lambda c: "model.cluster_init is 'none'"),
+    "model.cluster_init_weight": _when(lambda c: c.model.is_mixture_based and c.model.cluster_init != "none",
+                                       lambda c: "model.cluster_init is 'none'"),
     "model.label_weight": _when(lambda c: c.data.num_labeled > 0, lambda c: "data.num_labeled is 0"),
     "model.dropout_rate": _dropout_applies,
     "model.tau_smoothing_alpha": _tau,

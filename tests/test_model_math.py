@@ -414,3 +414,59 @@ def test_vamp_responsibilities_follow_the_nearest_pseudo_component():
                                      jnp.ones(2))
     np.testing.assert_array_equal(np.argmax(r, -1), [1, 0])
     np.testing.assert_allclose(r.sum(-1), 1.0, rtol=1e-6)
+
+
+# --- the objective's new terms ---------------------------------------------------------------------------
+
+def test_usage_balance_is_zero_for_uniform_usage_and_positive_when_concentrated():
+    pi_logits, mask = jnp.zeros(4), jnp.ones(4)
+    valid = jnp.ones(8)
+    uniform_usage = jnp.tile(jnp.eye(4), (2, 1))  # each component takes two of the eight images
+    assert float(losses.usage_balance(uniform_usage, valid, pi_logits, mask)) == pytest.approx(0.0, abs=1e-6)
+    one_component = jnp.tile(jnp.array([[1.0, 0, 0, 0]]), (8, 1))
+    assert float(losses.usage_balance(one_component, valid, pi_logits, mask)) == pytest.approx(math.log(4), rel=1e-5)
+    # padded slots do not count: the valid images alone use the components evenly
+    padded = jnp.concatenate([uniform_usage, one_component])
+    valid_padded = jnp.concatenate([valid, jnp.zeros(8)])
+    assert float(losses.usage_balance(padded, valid_padded, pi_logits, mask)) == pytest.approx(0.0, abs=1e-6)
+
+
+def _objective_parts(cfg, factors, cluster_target=None):
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1))
+    model = MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(0))
+    fwd = model(x, RouteCtx.default(cfg), train=False, key=jax.random.PRNGKey(5))
+    labels, valid = -jnp.ones(6, jnp.int32), jnp.ones(6)
+    f = losses.Factors(**{k: jnp.float32(v) for k, v in factors.items()})
+    return losses.objective(cfg, model, fwd, x, labels, valid, None, f, cluster_target)
+
+
+def test_objective_is_the_weighted_sum_of_its_terms_with_the_schedule_factors():
+    cfg = _cfg(latent_layout="decentralized", usage_balance_weight=2.0, kl_c_weight=0.3)
+    loss, terms = _objective_parts(cfg, {"kl_z": 0.5, "kl_c": 0.25, "cluster_init": 1.0})
+    mean = {k: float(jnp.mean(v)) for k, v in terms.image.items()}
+    expected = (mean["loss.recon"] + 0.5 * mean["loss.kl_z"] + 0.25 * mean["loss.kl_c"]
+                + float(terms.step["loss.usage_balance"]))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert set(terms.step) == {"loss.usage_balance"}
+
+
+def test_objective_adds_the_warm_start_term_scaled_by_gamma():
+    cfg = _cfg(latent_layout="decentralized", cluster_init="kmeans", cluster_init_weight=2.0)
+    target = jnp.array([0, 1, 2, 3, 0, 1], jnp.int32)
+    base, _ = _objective_parts(cfg, {"kl_z": 1.0, "kl_c": 1.0, "cluster_init": 0.0}, target)
+    loss, terms = _objective_parts(cfg, {"kl_z": 1.0, "kl_c": 1.0, "cluster_init": 0.5}, target)
+    warm = float(terms.step["loss.cluster_init"])
+    assert warm > 0
+    assert float(loss) == pytest.approx(float(base) + warm, rel=1e-5)
+
+
+def test_responsibility_weighted_latent_kl_charges_each_image_for_its_components():
+    cfg = _cfg(latent_layout="decentralized")
+    uniform_cfg = _cfg(latent_layout="decentralized", latent_kl_weighting="uniform")
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1))
+    fwds = [MixVAE(c, (8, 8, 1), rngs=nnx.Rngs(0))(x, RouteCtx.default(c), train=False, key=jax.random.PRNGKey(5))
+            for c in (cfg, uniform_cfg)]
+    per_component = np.asarray(fwds[0].kl_per_component)
+    np.testing.assert_allclose(fwds[0].kl_z, (np.asarray(fwds[0].responsibilities) * per_component).sum(-1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(fwds[1].kl_z, per_component.sum(-1), rtol=1e-5)

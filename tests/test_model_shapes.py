@@ -125,7 +125,9 @@ def assert_forward_shapes(cfg, fwd, image_shape, train):
         assert fwd.sigma is None
     if m.latent_layout == "decentralized":
         assert fwd.kl_per_component.shape == (B, K)
-        np.testing.assert_allclose(np.asarray(fwd.kl_per_component).sum(-1), fwd.kl_z, rtol=1e-5)
+        # the mixture ELBO's latent KL: each image pays Σ_k r_k KL_k
+        weighted = (np.asarray(fwd.responsibilities) * np.asarray(fwd.kl_per_component)).sum(-1)
+        np.testing.assert_allclose(weighted, fwd.kl_z, rtol=1e-5)
     else:
         assert fwd.kl_per_component is None
     if m.head_trained(cfg.data.num_labeled):
@@ -171,7 +173,10 @@ def test_enabled_terms_names_every_loss_term_with_reasons():
     cfg = make_cfg({"c_regularizer": "logit_mog"})
     terms = enabled_terms(cfg, 0)
     assert set(terms) == {"loss.recon", "loss.kl_z", "loss.kl_c", "loss.kl_c_logit_mog", "loss.dirichlet",
-                          "loss.diversity", "loss.classifier", "loss.l1"}
+                          "loss.diversity", "loss.usage_balance", "loss.cluster_init", "loss.classifier",
+                          "loss.l1"}
+    assert terms["loss.usage_balance"] == "model.usage_balance_weight is 0"
+    assert terms["loss.cluster_init"] == "model.cluster_init is 'none'"
     assert terms["loss.recon"] is None and terms["loss.kl_c_logit_mog"] is None
     assert terms["loss.kl_c"] == "model.c_regularizer is 'logit_mog'"
     assert terms["loss.classifier"] == "data.num_labeled is 0"

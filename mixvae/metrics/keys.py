@@ -134,6 +134,20 @@ def _diversity(cfg, n):
     return "model.component_diversity_weight is 0" if cfg.model.component_diversity_weight == 0 else None
 
 
+def _usage_balance(cfg, n):
+    r = _mixture(cfg, n)
+    if r:
+        return r
+    return "model.usage_balance_weight is 0" if cfg.model.usage_balance_weight == 0 else None
+
+
+def _cluster_init(cfg, n):
+    r = _mixture(cfg, n)
+    if r:
+        return r
+    return "model.cluster_init is 'none'" if cfg.model.cluster_init == "none" else None
+
+
 def _classifier_loss(cfg, n):
     if n == 0:
         return "data.num_labeled is 0"
@@ -183,6 +197,9 @@ _DECLARED = [
     _k("loss.kl_c_logit_mog", "loss", "min", _TVS, "λ · negative log logit-MoG prior of the logits", _logit_mog),
     _k("loss.dirichlet", "loss", "min", _TVS, "Dirichlet(α) prior on π", _dirichlet),
     _k("loss.diversity", "loss", "min", _TVS, "component_diversity_weight · H(mean r)", _diversity),
+    _k("loss.usage_balance", "loss", "min", _TVS, "usage_balance_weight · KL(batch-mean r ‖ π^A)", _usage_balance),
+    _k("loss.cluster_init", "loss", "none", (TRAIN,), "γ(n) · cluster_init_weight · CE(r, warm-start cluster); "
+       "not part of loss.total", _cluster_init),
     _k("loss.classifier", "loss", "min", _TVS, "label_weight · cross-entropy over labeled images", _classifier_loss),
     _k("loss.l1", "loss", "min", _TVS, "l1_weight · Σ|kernel|", _l1),
     _k("loss.total", "loss", "min", _TVS, "sum of the enabled loss terms (schedule factors 1)"),
@@ -239,6 +256,7 @@ _DECLARED = [
     _k("training.gumbel_temperature", "training", "none", (TRAIN,), "Gumbel temperature of the epoch", _temperature),
     _k("training.kl_z_scale", "training", "none", (TRAIN,), "KL_z warm-up factor β", _kl_z_scale),
     _k("training.kl_c_scale", "training", "none", (TRAIN,), "component-regulariser factor κ", _kl_c_scale),
+    _k("training.cluster_init_scale", "training", "none", (TRAIN,), "warm-start clustering factor γ", _cluster_init),
     _k("training.best_epoch", "training", "none", (SUMMARY,), "epoch of the restored snapshot"),
     _k("training.best_monitor_value", "training", "none", (SUMMARY,), "monitor value at the best epoch"),
     _k("training.epochs_completed", "training", "none", (SUMMARY,), "number of epochs trained"),

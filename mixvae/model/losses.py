@@ -119,6 +119,25 @@ def usage_entropy(responsibilities: jax.Array, valid: jax.Array) -> jax.Array:
     return -jnp.sum(_xlogx(p_hat))
 
 
+def usage_balance(responsibilities: jax.Array, valid: jax.Array, pi_logits: jax.Array,
+                  active_mask: jax.Array) -> jax.Array:
+    """KL(p̂ ‖ π^A) with p̂_k = 𝔼_b r_{b,k} over the valid images of the batch → [].
+
+    Zero when the batch uses the components as often as the prior expects; it grows as usage piles
+    onto few components, which the per-image terms of the ELBO do not penalise.
+    """
+    weight = valid.astype(responsibilities.dtype)
+    p_hat = jnp.sum(weight[:, None] * responsibilities, axis=0) / jnp.maximum(jnp.sum(weight), 1.0)
+    return categorical_kl(p_hat[None], pi_logits, active_mask)[0]
+
+
+def cluster_cross_entropy(responsibilities: jax.Array, target: jax.Array, active_mask: jax.Array) -> jax.Array:
+    """−log r_{b, a_b} for the warm-start cluster a_b of each image → [B] (r clipped away from 0)."""
+    r = jnp.where(is_active(active_mask), responsibilities, 0.0)
+    picked = jnp.take_along_axis(r, target[:, None], axis=-1)[:, 0]
+    return -jnp.log(jnp.maximum(picked, 1e-8))
+
+
 def head_cross_entropy(class_logits: jax.Array, labels: jax.Array) -> jax.Array:
     """CE_b = −log softmax(class_logits_b)_{y_b} → [B]; any value where y_b = −1."""
     safe_labels = jnp.where(labels >= 0, labels, 0)
@@ -133,6 +152,12 @@ def l1_norm_of_kernels(model: nnx.Module) -> jax.Array:
         if path and path[-1] == "kernel":
             total = total + jnp.sum(jnp.abs(variable[...]))
     return total
+
+
+def _pi_logits_or_uniform(model, fwd) -> jax.Array:
+    """π logits of a component-decoding prior; uniform (zeros) for the VampPrior."""
+    pi_logits = model.pi_logits_value()
+    return jnp.zeros(fwd.responsibilities.shape[-1], jnp.float32) if pi_logits is None else pi_logits
 
 
 # --- the terms ---------------------------------------------------------------------------------------
@@ -197,6 +222,53 @@ def compute_terms(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.A
                                                                               m.dirichlet_alpha)
     if "loss.diversity" in enabled:
         step["loss.diversity"] = m.component_diversity_weight * usage_entropy(fwd.responsibilities, valid)
+    if "loss.usage_balance" in enabled:
+        step["loss.usage_balance"] = m.usage_balance_weight * usage_balance(
+            fwd.responsibilities, valid, _pi_logits_or_uniform(model, fwd), fwd.active_mask)
     if "loss.l1" in enabled:
         step["loss.l1"] = m.l1_weight * l1_norm_of_kernels(model)
     return Terms(image=image, labeled=labeled, step=step)
+
+
+# --- the objective -------------------------------------------------------------------------------------
+
+@struct.dataclass
+class Factors:
+    """The schedule factors of one epoch; 1.0 leaves a configured weight as it is."""
+    kl_z: jax.Array            # β(n): KL warm-up of the latent KL
+    kl_c: jax.Array            # κ(n): annealing of the component regulariser (and a curriculum kick)
+    cluster_init: jax.Array    # γ(n): the warm-start clustering's weight, decaying to 0
+
+
+def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def objective(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.Array, tau_counts: jax.Array | None,
+              factors: Factors, cluster_target: jax.Array | None = None) -> tuple[jax.Array, Terms]:
+    """What the optimiser minimises for one batch (docs/model.md, "The objective"):
+
+        L =  𝔼_b [ recon_b + β·kl_z_b + κ·(kl_c_b + logit_mog_b) ]       over the valid images
+           + 𝔼_{b labeled} [ classifier_b ]
+           + usage_balance + dirichlet + diversity + l1                 once per batch
+           + γ·𝔼_b [ −log r_{b, a_b} ]                                  warm-start clustering a
+
+    Every term carries its configured weight (``compute_terms``); β, κ and γ are the schedule factors.
+    Returns (L, terms); the warm-start term appears in ``terms.step['loss.cluster_init']`` with γ applied.
+    """
+    terms = compute_terms(cfg, model, fwd, x, labels, valid, tau_counts)
+    per_image = {k: _masked_mean(v, valid) for k, v in terms.image.items()}
+    zero = jnp.zeros((), jnp.float32)
+    loss = (per_image["loss.recon"]
+            + factors.kl_z * per_image.get("loss.kl_z", zero)
+            + factors.kl_c * (per_image.get("loss.kl_c", zero) + per_image.get("loss.kl_c_logit_mog", zero)))
+    if terms.labeled:
+        is_labeled = tau_lib.labeled_mask(labels, valid)
+        loss = loss + jnp.sum(terms.labeled["loss.classifier"]) / jnp.maximum(jnp.sum(is_labeled), 1.0)
+    loss = loss + sum(terms.step.values(), zero)
+    if cluster_target is not None:
+        warm = factors.cluster_init * cfg.model.cluster_init_weight * _masked_mean(
+            cluster_cross_entropy(fwd.responsibilities, cluster_target, fwd.active_mask), valid)
+        loss = loss + warm
+        terms = terms.replace(step={**terms.step, "loss.cluster_init": warm})
+    return loss, terms

@@ -52,6 +52,7 @@ class ModelSpec:
     geometric_radius: float
     classifier: str | None          # 'tau' | 'head' | None
     dropout_rate: float
+    latent_kl_weighting: str        # 'responsibility' | 'uniform' (decentralized layout)
 
     @property
     def is_mixture_based(self) -> bool:
@@ -106,6 +107,7 @@ class ModelSpec:
             geometric_radius=float(m.geometric_radius),
             classifier=classifier,
             dropout_rate=float(m.dropout_rate),
+            latent_kl_weighting=m.latent_kl_weighting,
         )
 
 
@@ -336,9 +338,12 @@ class MixVAE(nnx.Module):
                                                            spec.latent_dim, spec.geometric_radius))
         else:
             centres = 0.0  # N(0, I)
-        if spec.decentralized:  # Σ over all K channels, inactive ones included
+        if spec.decentralized:
             per_component = priors.gaussian_kl(fwd.z_mean, fwd.z_logvar, centres)  # [B, K]
-            return fwd.replace(kl_z=jnp.sum(per_component, axis=-1), kl_per_component=per_component)
+            # Σ_k r_k KL_k: each image pays for the latent of the component that explains it (the
+            # mixture ELBO); 'uniform' charges every component's latent on every image.
+            weight = fwd.responsibilities if spec.latent_kl_weighting == "responsibility" else 1.0
+            return fwd.replace(kl_z=jnp.sum(weight * per_component, axis=-1), kl_per_component=per_component)
         if spec.prior_type == "geometric_mog":  # Σ_k r_k KL(q(z|x) ‖ N(c_k, I))
             to_centres = priors.gaussian_kl(fwd.z_mean[:, None, :], fwd.z_logvar[:, None, :], centres)
             return fwd.replace(kl_z=jnp.sum(fwd.responsibilities * to_centres, axis=-1))

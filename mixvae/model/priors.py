@@ -107,3 +107,20 @@ def init_pseudo_inputs(cfg, train_x: np.ndarray) -> np.ndarray:
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(flat)
         return km.cluster_centers_.astype(np.float32).reshape((k, *train_x.shape[1:]))
     raise ValueError(f"model.vamp_pseudo_init_method must be 'random' or 'kmeans' (got {method!r})")
+
+
+def warm_start_clusters(cfg, train_x: np.ndarray) -> np.ndarray:
+    """Cluster index a_b ∈ {0..K−1} of every training image → int32 [N], for the warm-start term.
+
+    kmeans: KMeans(n_clusters=K, n_init=10, random_state=training.seed) on the flattened pixels (fitted
+    on at most 10 000 images, subsampled with training.seed), then every image assigned to its centroid.
+    """
+    from sklearn.cluster import KMeans  # lazy: keeps sklearn off the serving import path
+
+    flat = np.asarray(train_x, np.float32).reshape(len(train_x), -1)
+    k, seed = cfg.model.num_components, cfg.training.seed
+    rng = np.random.default_rng(seed)
+    subset = flat if len(flat) <= KMEANS_MAX_IMAGES else flat[np.sort(rng.choice(len(flat), KMEANS_MAX_IMAGES,
+                                                                                 replace=False))]
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(subset)
+    return km.predict(flat).astype(np.int32)

@@ -49,7 +49,8 @@ def check(cfg, image_shape: tuple[int, int, int], num_labeled: int, n_train: int
         f32 = jnp.float32
         scalar = jax.ShapeDtypeStruct((), f32)
         sched = Schedule(kl_z_scale=scalar, kl_c_scale=scalar, temperature=scalar, straight_through=scalar,
-                         active_mask=jax.ShapeDtypeStruct((k,), f32), kick_bias=jax.ShapeDtypeStruct((k,), f32))
+                         active_mask=jax.ShapeDtypeStruct((k,), f32), kick_bias=jax.ShapeDtypeStruct((k,), f32),
+                         cluster_init_scale=scalar)
         x = jax.ShapeDtypeStruct((b, h, w, c), f32)
         y = jax.ShapeDtypeStruct((b,), jnp.int32)
         valid = jax.ShapeDtypeStruct((b,), f32)
@@ -57,7 +58,7 @@ def check(cfg, image_shape: tuple[int, int, int], num_labeled: int, n_train: int
 
         def one_step(state, x, y, valid, sched, key):
             (obj, (fwd, terms, _)), grads = jax.value_and_grad(fns._objective, has_aux=True)(
-                state.params, x, y, valid, sched, key, state.tau_counts)
+                state.params, x, y, y, valid, sched, key, state.tau_counts)
             updates, _ = tx.update(grads, state.opt_state, state.params)
             return obj, fwd, terms
 

@@ -25,7 +25,7 @@ from mixvae.metrics import compute as mc
 from mixvae.metrics import keys as mk
 from mixvae.model import MixVAE
 from mixvae.model import tau as tau_lib
-from mixvae.model.priors import init_pseudo_inputs
+from mixvae.model.priors import init_pseudo_inputs, warm_start_clusters
 from mixvae.train import checkpoint
 from mixvae.train.curriculum import Curriculum
 from mixvae.train.step import (STREAM_EVAL, STREAM_INIT, STREAM_SHUFFLE, STREAM_STEPS, Functions, Schedule,
@@ -122,6 +122,9 @@ class Trainer:
         # Device-resident data (SPEC §4.5).
         self.train_x = jnp.asarray(ds.train_x)
         self.train_y = jnp.asarray(ds.train_y)
+        # Warm-start clustering a_b of every training image (zeros, unused, when cluster_init is 'none').
+        self.train_c = jnp.asarray(warm_start_clusters(cfg, ds.train_x) if self.fns.cluster_init
+                                   else np.zeros(ds.n_train, np.int32))
         largest = max(ds.n_val, ds.n_test)
         self.chunk = int(min(t.eval_batch_size, max(8, -(-largest // 8) * 8)))
         # Loop state.
@@ -159,7 +162,7 @@ class Trainer:
     def _example_schedule(self) -> Schedule:
         z = np.float32(1.0)
         return Schedule(kl_z_scale=z, kl_c_scale=z, temperature=z, straight_through=z,
-                        active_mask=np.ones(self.k, F32), kick_bias=np.zeros(self.k, F32))
+                        active_mask=np.ones(self.k, F32), kick_bias=np.zeros(self.k, F32), cluster_init_scale=z)
 
     def _eval_inputs(self):
         h, w, c = self.ds.image_shape
@@ -174,11 +177,11 @@ class Trainer:
             self.zero_sums = jax.device_get(jax.eval_shape(fns.zero_sums))
             self.zero_sums = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), self.zero_sums)
             self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1)).lower(
-                self.state, self.zero_sums, self.train_x, self.train_y, self._example_schedule(), np.int32(1),
+                self.state, self.zero_sums, self.train_x, self.train_y, self.train_c, self._example_schedule(), np.int32(1),
                 np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
         else:
             self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,)).lower(
-                self.state, self.train_x, self.train_y, self._example_schedule(), np.int32(1),
+                self.state, self.train_x, self.train_y, self.train_c, self._example_schedule(), np.int32(1),
                 self.keys["shuffle"], self.keys["steps"]).compile()
         x, y, v = self._eval_inputs()
         self.compiled["eval"] = jax.jit(fns.evaluate).lower(
@@ -205,13 +208,17 @@ class Trainer:
                 temp = cur.kick.gumbel_temperature
             if cur.kick.disable_straight_through:
                 st = 0.0
+        gamma = 1.0 - rho(n - 1, m.cluster_init_epochs)  # γ: 1 in epoch 1, falling linearly to 0
         sched = Schedule(kl_z_scale=np.float32(beta), kl_c_scale=np.float32(kappa), temperature=np.float32(temp),
-                         straight_through=np.float32(st), active_mask=plan.active_mask, kick_bias=plan.kick_bias)
+                         straight_through=np.float32(st), active_mask=plan.active_mask, kick_bias=plan.kick_bias,
+                         cluster_init_scale=np.float32(gamma))
         logged = {}
         if mk.KEYS["training.gumbel_temperature"].applies(cfg, self.num_labeled) is None:
             logged["training.gumbel_temperature"] = float(temp)
         if mk.KEYS["training.kl_z_scale"].applies(cfg, self.num_labeled) is None:
             logged["training.kl_z_scale"] = float(beta)
+        if mk.KEYS["training.cluster_init_scale"].applies(cfg, self.num_labeled) is None:
+            logged["training.cluster_init_scale"] = float(gamma)
         if mk.KEYS["training.kl_c_scale"].applies(cfg, self.num_labeled) is None:
             logged["training.kl_c_scale"] = float(kappa)
         return sched, logged
@@ -224,7 +231,8 @@ class Trainer:
         out = {k: float(v) / n for k, v in sums["image"].items()}
         out.update({k: float(v) / max(float(sums["n_labeled"]), 1.0) for k, v in sums["labeled"].items()})
         out.update({k: float(v) / steps for k, v in sums["step"].items()})
-        out["loss.total"] = float(sum(out.values()))
+        # loss.total: the model's terms only, comparable with validation (the warm-start aid is logged apart).
+        out["loss.total"] = float(sum(v for k, v in out.items() if k != "loss.cluster_init"))
         out["loss.objective"] = float(sums["loss.objective"]) / steps
         if "usage" in sums:
             usage = np.asarray(sums["usage"]) / n
@@ -287,6 +295,15 @@ class Trainer:
         if "loss.diversity" in metrics and "responsibilities" in per:  # H of the split's mean usage
             metrics["loss.diversity"] = float(m.component_diversity_weight *
                                               mc.entropy(per["responsibilities"].mean(0)))
+        if "loss.usage_balance" in metrics and "responsibilities" in per:  # KL of the split's mean usage to π^A
+            p_hat = per["responsibilities"].mean(0)
+            pi = self.pi(params)
+            pi = np.full(self.k, 1.0 / self.k) if pi is None else pi
+            a = active_mask.astype(bool)
+            pi_a = pi[a] / pi[a].sum()
+            p_a = p_hat[a]
+            kl = float(np.sum(np.where(p_a > 0, p_a * (np.log(np.where(p_a > 0, p_a, 1.0)) - np.log(pi_a)), 0.0)))
+            metrics["loss.usage_balance"] = float(m.usage_balance_weight * kl)
         metrics["loss.total"] = float(sum(v for k, v in metrics.items() if k.startswith("loss.")))
         has_labels = bool(labeled.any())
 
@@ -447,11 +464,11 @@ class Trainer:
         """Epoch n: one call of the scanned epoch, or one call per step when the host drives it."""
         fn = self.compiled["epoch"]
         if not self.fns.host_loop:
-            return fn(self.state, self.train_x, self.train_y, sched, np.int32(n), self.keys["shuffle"],
+            return fn(self.state, self.train_x, self.train_y, self.train_c, sched, np.int32(n), self.keys["shuffle"],
                       self.keys["steps"])
         state, sums = self.state, self.zero_sums
         for i in range(self.fns.steps):  # dispatched asynchronously; nothing is fetched until the end
-            state, sums = fn(state, sums, self.train_x, self.train_y, sched, np.int32(n), np.int32(i),
+            state, sums = fn(state, sums, self.train_x, self.train_y, self.train_c, sched, np.int32(n), np.int32(i),
                              self.keys["shuffle"], self.keys["steps"])
         return state, sums
 

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from mixvae.model import RouteCtx, compute_terms, tau as tau_lib
+from mixvae.model.losses import Factors, objective
 from mixvae.model.mixvae import blended_sigma, mean_images
 from mixvae.model.routing import gumbel_noise, mask_logits, masked_softmax
 
@@ -34,6 +35,7 @@ class Schedule:
     straight_through: jax.Array  # 1.0 = straight-through on in the training steps
     active_mask: jax.Array       # [K]
     kick_bias: jax.Array         # [K]
+    cluster_init_scale: jax.Array  # γ(n): weight factor of the warm-start clustering term
 
 
 @flax.struct.dataclass
@@ -67,10 +69,6 @@ def make_optimizer(cfg, params) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def _masked_mean(values, weights):
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def _entropy(p):
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
 
@@ -102,6 +100,7 @@ class Functions:
         self.hetero = m.use_heteroscedastic_decoder
         self.num_labeled = num_labeled
         self.k = m.num_components
+        self.cluster_init = m.cluster_init != "none" and self.mixture
         # XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about 8× slower than the same
         # step compiled on its own (measured, docs/performance.md), so conv models on the CPU drive the
         # epoch from the host: one compiled step per call, sums kept on the device, one fetch per epoch.
@@ -115,21 +114,16 @@ class Functions:
     def _tau(self, counts):
         return counts if self.use_tau else None
 
-    def _objective(self, params, x, y, valid, sched: Schedule, key, tau_counts):
+    def _objective(self, params, x, y, c, valid, sched: Schedule, key, tau_counts):
         model = self._model(params)
         ctx = RouteCtx(active_mask=sched.active_mask, kick_bias=sched.kick_bias,
                        temperature=sched.temperature, straight_through=sched.straight_through)
         fwd = model(x, ctx, train=True, key=key)
-        terms = compute_terms(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts))
-        means = {k: _masked_mean(v, valid) for k, v in terms.image.items()}
+        factors = Factors(kl_z=sched.kl_z_scale, kl_c=sched.kl_c_scale, cluster_init=sched.cluster_init_scale)
+        loss, terms = objective(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts), factors,
+                                c if self.cluster_init else None)
         labeled = ((y >= 0) & (valid > 0)).astype(F32)
-        n_labeled = jnp.sum(labeled)
-        lab = {k: jnp.sum(v) / jnp.maximum(n_labeled, 1.0) for k, v in terms.labeled.items()}
-        scale = {"loss.kl_z": sched.kl_z_scale, "loss.kl_c": sched.kl_c_scale,
-                 "loss.kl_c_logit_mog": sched.kl_c_scale}
-        objective = sum(scale.get(k, 1.0) * v for k, v in means.items())
-        objective = objective + sum(lab.values()) + sum(terms.step.values())
-        return objective, (fwd, terms, labeled)
+        return loss, (fwd, terms, labeled)
 
     # --- the epoch ------------------------------------------------------------------------------
 
@@ -151,34 +145,34 @@ class Functions:
         return state.replace(tau_counts=tau_lib.decay_counts(state.tau_counts, m.tau_smoothing_alpha,
                                                              m.tau_count_decay))
 
-    def _train_step(self, state: TrainState, sums, train_x, train_y, bidx, bvalid, sched: Schedule, steps_key):
+    def _train_step(self, state: TrainState, sums, train_x, train_y, train_c, bidx, bvalid, sched: Schedule,
+                    steps_key):
         """One optimiser step on the batch ``bidx``; τ evidence and the epoch sums updated."""
-        x = train_x[bidx]
-        y = train_y[bidx]
+        x, y, c = train_x[bidx], train_y[bidx], train_c[bidx]
         key = jax.random.fold_in(steps_key, state.step)
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
-        (objective, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, bvalid, sched, key,
-                                                            state.tau_counts)
+        (loss, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, c, bvalid, sched, key,
+                                                       state.tau_counts)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         counts = state.tau_counts
         if self.use_tau:  # evidence from this step's deterministic responsibilities (pre-update)
             counts = tau_lib.update_counts(counts, fwd.responsibilities, y, bvalid)
-        sums = self._accumulate(sums, fwd, terms, labeled, bvalid, objective, sched.active_mask)
+        sums = self._accumulate(sums, fwd, terms, labeled, bvalid, loss, sched.active_mask)
         return TrainState(params=params, opt_state=opt_state, tau_counts=counts, step=state.step + 1), sums
 
-    def epoch(self, state: TrainState, train_x, train_y, sched: Schedule, epoch, shuffle_key, steps_key):
+    def epoch(self, state: TrainState, train_x, train_y, train_c, sched: Schedule, epoch, shuffle_key, steps_key):
         """One epoch: permute on the device, gather batches, lax.scan over the train steps."""
         idx, valid = self._batches(epoch, shuffle_key)
         state = self._decay_tau(state)
 
         def body(carry, batch):
-            return self._train_step(*carry, train_x, train_y, *batch, sched, steps_key), None
+            return self._train_step(*carry, train_x, train_y, train_c, *batch, sched, steps_key), None
 
         (state, sums), _ = jax.lax.scan(body, (state, self._zero_sums()), (idx, valid))
         return state, sums
 
-    def epoch_step(self, state: TrainState, sums, train_x, train_y, sched: Schedule, epoch, step_in_epoch,
+    def epoch_step(self, state: TrainState, sums, train_x, train_y, train_c, sched: Schedule, epoch, step_in_epoch,
                    shuffle_key, steps_key):
         """Step ``step_in_epoch`` of an epoch, for the host-driven epoch (``host_loop``): the same
         permutation, batches, τ decay and sums as the scanned epoch, one compiled step per call."""
@@ -186,7 +180,7 @@ class Functions:
         if self.use_tau:
             decayed = self._decay_tau(state).tau_counts
             state = state.replace(tau_counts=jnp.where(step_in_epoch == 0, decayed, state.tau_counts))
-        return self._train_step(state, sums, train_x, train_y, idx[step_in_epoch], valid[step_in_epoch], sched,
+        return self._train_step(state, sums, train_x, train_y, train_c, idx[step_in_epoch], valid[step_in_epoch], sched,
                                 steps_key)
 
     def zero_sums(self):
@@ -218,7 +212,8 @@ class Functions:
     def _step_keys(self):
         from mixvae.model import enabled_terms
         return [k for k, r in enabled_terms(self.cfg, self.num_labeled).items()
-                if r is None and k in ("loss.dirichlet", "loss.diversity", "loss.l1")]
+                if r is None and k in ("loss.dirichlet", "loss.diversity", "loss.usage_balance", "loss.l1",
+                                      "loss.cluster_init")]
 
     def _accumulate(self, sums, fwd, terms, labeled, valid, objective, active_mask):
         out = dict(sums)
