@@ -72,9 +72,9 @@ def test_validate_quick_prints_the_ok_block(monkeypatch):
     monkeypatch.chdir(REPO)
     result = invoke("validate", "configs/quick.yaml")
     assert result.exit_code == 0, result.stderr
-    assert stdout_lines(result) == ["valid=true", "architecture=mix10-dec-gbl_unsup_cin"]
+    assert stdout_lines(result) == ["valid=true", "architecture=mix10-dec_unsup_cin"]
     err = result.stderr.splitlines()
-    assert err[0] == "OK  configs/quick.yaml  (architecture mix10-dec-gbl_unsup_cin)"
+    assert err[0] == "OK  configs/quick.yaml  (architecture mix10-dec_unsup_cin)"
     assert err[1] == "  data      digits 8x8x1 · train 1437 · val 180 · test 180 · labeled 0"
     assert re.fullmatch(r"  model     [\d,]+ trainable parameters · abstract train step: loss\.total f32\[\] · "
                         r"\d+ loss terms enabled", err[2]), err[2]
@@ -86,8 +86,8 @@ def test_validate_console_script_subprocess():
     proc = subprocess.run([mixvae_script(), "validate", "configs/quick.yaml"], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["valid=true", "architecture=mix10-dec-gbl_unsup_cin"]
-    assert proc.stderr.startswith("OK  configs/quick.yaml  (architecture mix10-dec-gbl_unsup_cin)")
+    assert proc.stdout.splitlines() == ["valid=true", "architecture=mix10-dec_unsup_cin"]
+    assert proc.stderr.startswith("OK  configs/quick.yaml  (architecture mix10-dec_unsup_cin)")
     assert "warnings  none" in proc.stderr
 
 
@@ -120,7 +120,7 @@ def test_print_config_round_trips_to_the_same_resolved_config(monkeypatch, tmp_p
     result = invoke("validate", "configs/quick.yaml", "--print-config")
     assert result.exit_code == 0, result.stderr
     lines = stdout_lines(result)
-    assert lines[:2] == ["valid=true", "architecture=mix10-dec-gbl_unsup_cin"]
+    assert lines[:2] == ["valid=true", "architecture=mix10-dec_unsup_cin"]
     printed = yaml.safe_load("\n".join(lines[2:]))
     original = load_config("configs/quick.yaml").config
     assert config_from_dict(printed) == original
@@ -227,7 +227,7 @@ def test_train_validate_only_behaves_like_validate_and_writes_nothing(tmp_path, 
     trained = invoke("train", "--config", "quick", "--validate-only")
     assert validated.exit_code == trained.exit_code == 0, trained.stderr
     assert trained.stdout == validated.stdout
-    assert stdout_lines(trained) == ["valid=true", "architecture=mix10-dec-gbl_unsup_cin"]
+    assert stdout_lines(trained) == ["valid=true", "architecture=mix10-dec_unsup_cin"]
     assert trained.stderr.splitlines()[0] == validated.stderr.splitlines()[0]
     assert trained.stderr.splitlines()[0].startswith("OK  ")
     assert list(tmp_path.iterdir()) == []  # no mlflow.db, no mlruns, no reports

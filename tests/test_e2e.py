@@ -56,7 +56,7 @@ def test_train_logs_everything_and_reports(env, workdir, tracking_uri):
     assert not any(k.startswith("tracking.") for k in params)
     tags = run.data.tags
     assert tags["mixvae.kind"] == "train"
-    assert tags["mixvae.architecture"] == "mix10-dec-gbl_unsup_cin"
+    assert tags["mixvae.architecture"] == "mix10-dec_unsup_cin"
     assert tags["mixvae.split_sizes"] == "1437/180/180"
     assert len(tags["mixvae.dataset_digest"]) == 8
     assert tags["mixvae.report_status"] == "ok" and tags["mixvae.model_status"] == "ok"

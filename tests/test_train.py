@@ -63,7 +63,7 @@ def test_run_finishes_and_logs_only_declared_keys(short_run):
     status = result.summary["metrics_status"]
     assert status["tau.accuracy"]["status"] == "disabled"
     assert "tau.accuracy" not in result.summary_metrics
-    assert "val/loss.kl_c" not in val and "loss.kl_c" in status
+    assert "val/loss.kl_c_logit_mog" not in val and "loss.kl_c_logit_mog" in status
 
 
 def test_restored_best_reproduces_the_validation_history(short_run):
@@ -82,7 +82,7 @@ def test_diagnostics_file_has_the_report_inputs(short_run):
     assert diag["z_mean"].shape == (n, 4, 2)  # decentralized
     assert diag["recon_means"].shape == (8, 8, 8, 1)
     assert diag["percomp_means"].shape == (6, 4, 8, 8, 1)
-    assert diag["routing_sampled"].shape == (n, 4)
+    assert "routing_sampled" not in diag  # quick routes by the exact expectation: no Gumbel sample to show
     assert np.allclose(diag["responsibilities"].sum(1), 1.0, atol=1e-5)
     hist = np.load(trainer.run_dir / "diagnostics" / "history.npz")
     assert hist["usage_val"].shape == (4, 4)
