@@ -685,6 +685,9 @@ def check_rules(cfg: Config, explicit: set[str], set_values: dict[str, Any] | No
                 "the kick has nothing to act on: straight-through Gumbel routing is off")
         if m.component_diversity_weight < 0:
             warn("model.component_diversity_weight", "rewarding spread works against the curriculum; use 0")
+        if m.cluster_init != "none":
+            err("model.cluster_init", "the warm-start clustering assigns images to all K components, but the "
+                "curriculum starts with few of them open; use cluster_init: none with the curriculum")
         if t.patience is not None and t.patience <= cur.unlock.patience + cur.kick.epochs:
             warn("training.patience", f"{t.patience} is not larger than unlock.patience + kick.epochs "
                  f"({cur.unlock.patience + cur.kick.epochs}); early stopping can end training before an unlock pays off")

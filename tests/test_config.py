@@ -395,6 +395,8 @@ C_ERRORS = [
     ("C4-straight-through", with_curriculum(model={"use_straight_through_gumbel": False},
                                             curriculum={"kick": {"disable_straight_through": True}}),
      "curriculum.kick.disable_straight_through", "nothing to act on"),
+    ("C5b-warm-start", with_curriculum(model={"cluster_init": "kmeans"}), "model.cluster_init",
+     "curriculum starts with few of them open"),
 ]
 
 
