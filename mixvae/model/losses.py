@@ -112,11 +112,15 @@ def dirichlet_neg_log_prior(pi_logits: jax.Array, active_mask: jax.Array, alpha:
     return -(alpha - 1.0) * jnp.sum(log_pi_active(pi_logits, active_mask))
 
 
-def usage_entropy(responsibilities: jax.Array, valid: jax.Array) -> jax.Array:
-    """H(p̂) with p̂_k = 𝔼_b r_{b,k} over the valid images of the batch → []."""
+def batch_usage(responsibilities: jax.Array, valid: jax.Array) -> jax.Array:
+    """p̂_k = 𝔼_b r_{b,k} over the valid images of the batch → [K]."""
     weight = valid.astype(responsibilities.dtype)
-    p_hat = jnp.sum(weight[:, None] * responsibilities, axis=0) / jnp.maximum(jnp.sum(weight), 1.0)
-    return -jnp.sum(_xlogx(p_hat))
+    return jnp.sum(weight[:, None] * responsibilities, axis=0) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def usage_entropy(responsibilities: jax.Array, valid: jax.Array) -> jax.Array:
+    """H(p̂) of the batch usage p̂ → []."""
+    return -jnp.sum(_xlogx(batch_usage(responsibilities, valid)))
 
 
 def usage_balance(responsibilities: jax.Array, valid: jax.Array, pi_logits: jax.Array,
@@ -126,9 +130,7 @@ def usage_balance(responsibilities: jax.Array, valid: jax.Array, pi_logits: jax.
     Zero when the batch uses the components as often as the prior expects; it grows as usage piles
     onto few components, which the per-image terms of the ELBO do not penalise.
     """
-    weight = valid.astype(responsibilities.dtype)
-    p_hat = jnp.sum(weight[:, None] * responsibilities, axis=0) / jnp.maximum(jnp.sum(weight), 1.0)
-    return categorical_kl(p_hat[None], pi_logits, active_mask)[0]
+    return categorical_kl(batch_usage(responsibilities, valid)[None], pi_logits, active_mask)[0]
 
 
 def cluster_cross_entropy(responsibilities: jax.Array, target: jax.Array, active_mask: jax.Array) -> jax.Array:
