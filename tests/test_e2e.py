@@ -64,18 +64,18 @@ def test_train_logs_everything_and_reports(env, workdir, tracking_uri):
     assert sorted(m.step for m in hist) == [1, 2]
     train_hist = client.get_metric_history(run.info.run_id, "train/loss.recon")
     assert sorted(m.step for m in train_hist) == [1, 2]
-    for key in ("loss.total", "loss.recon", "loss.kl_c_logit_mog", "mixture.K_eff", "mixture.active_components",
+    for key in ("loss.total", "loss.recon", "loss.kl_c", "loss.usage_balance", "mixture.K_eff", "mixture.active_components",
                 "mixture.responsibility_confidence_mean", "mixture.component_entropy", "clustering.acc",
                 "training.best_epoch", "training.compile_time_sec"):
         assert key in run.data.metrics, key
-    assert "loss.kl_c" not in run.data.metrics and "mixture.pi_entropy" not in run.data.metrics
+    assert "loss.kl_c_logit_mog" not in run.data.metrics and "mixture.pi_entropy" not in run.data.metrics
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "config.input.yaml", "summary.json", "REPORT.md", "REPORT.html", "diagnostics",
             "checkpoints", "figures", "logs"} <= files
     summary = json.loads((Path(client.download_artifacts(run.info.run_id, "summary.json", str(workdir)))).read_text())
     assert summary["status"] == "FINISHED" and summary["summary_split"] == "test"
     assert set(summary["metrics"]) == {k for k in run.data.metrics if "/" not in k}
-    assert summary["metrics_status"]["loss.kl_c"]["status"] == "disabled"
+    assert summary["metrics_status"]["loss.kl_c_logit_mog"]["status"] == "disabled"
     report = workdir / out["report"]
     assert report.exists()
     text = report.read_text()
