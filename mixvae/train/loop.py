@@ -177,8 +177,8 @@ class Trainer:
             self.zero_sums = jax.device_get(jax.eval_shape(fns.zero_sums))
             self.zero_sums = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), self.zero_sums)
             self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1)).lower(
-                self.state, self.zero_sums, self.train_x, self.train_y, self.train_c, self._example_schedule(), np.int32(1),
-                np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
+                self.state, self.zero_sums, self.train_x, self.train_y, self.train_c, self._example_schedule(),
+                np.int32(1), np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
         else:
             self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,)).lower(
                 self.state, self.train_x, self.train_y, self.train_c, self._example_schedule(), np.int32(1),
@@ -464,12 +464,12 @@ class Trainer:
         """Epoch n: one call of the scanned epoch, or one call per step when the host drives it."""
         fn = self.compiled["epoch"]
         if not self.fns.host_loop:
-            return fn(self.state, self.train_x, self.train_y, self.train_c, sched, np.int32(n), self.keys["shuffle"],
-                      self.keys["steps"])
+            return fn(self.state, self.train_x, self.train_y, self.train_c, sched, np.int32(n),
+                      self.keys["shuffle"], self.keys["steps"])
         state, sums = self.state, self.zero_sums
         for i in range(self.fns.steps):  # dispatched asynchronously; nothing is fetched until the end
-            state, sums = fn(state, sums, self.train_x, self.train_y, self.train_c, sched, np.int32(n), np.int32(i),
-                             self.keys["shuffle"], self.keys["steps"])
+            state, sums = fn(state, sums, self.train_x, self.train_y, self.train_c, sched, np.int32(n),
+                             np.int32(i), self.keys["shuffle"], self.keys["steps"])
         return state, sums
 
     def curriculum_monitor_value(self, train: dict, val: dict) -> float:

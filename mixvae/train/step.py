@@ -180,8 +180,8 @@ class Functions:
         if self.use_tau:
             decayed = self._decay_tau(state).tau_counts
             state = state.replace(tau_counts=jnp.where(step_in_epoch == 0, decayed, state.tau_counts))
-        return self._train_step(state, sums, train_x, train_y, train_c, idx[step_in_epoch], valid[step_in_epoch], sched,
-                                steps_key)
+        return self._train_step(state, sums, train_x, train_y, train_c, idx[step_in_epoch], valid[step_in_epoch],
+                                sched, steps_key)
 
     def zero_sums(self):
         return self._zero_sums()
