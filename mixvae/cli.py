@@ -1,4 +1,4 @@
-"""The `mixvae` command line (SPEC §2): validate, train, report, compare, runs.
+"""The `mixvae` command line: validate, train, report, compare, runs.
 
 Human-readable output goes to stderr; stdout carries only machine-readable `key=value` lines (and the
 YAML of --print-config and the `runs` listing). Exit codes: 0 ok, 1 runtime failure, 2 usage or
@@ -90,7 +90,9 @@ def _gather_overrides(sets: tuple[str, ...], overrides: str | None) -> list[str]
 
 
 def _validate(state: State, config: str, overrides: list[str], strict: bool, shortcuts: dict | None = None):
-    """Stages 1–4 of SPEC §3.10. Returns (loaded, dataset, report) or exits 2."""
+    """The four validation stages (schema, rules, data, abstract train step).
+
+    Returns (loaded, dataset, report) or exits 2."""
     from mixvae.config import ConfigError, architecture_code, load_config
     from mixvae.data import DataError, probe_dataset
     from mixvae.train.abstract import WiringError, check
@@ -255,7 +257,7 @@ def train(state: State, config, sets, overrides, validate_only, strict, seeds, r
 
 
 def _train_seeds(state: State, loaded, seeds: list[int], kw: dict) -> None:
-    """--seeds: one child run per seed under a seed_group parent (SPEC §2.3.3)."""
+    """--seeds: one child run per seed under a seed_group parent."""
     import copy
 
     from mixvae import run as runner
@@ -290,7 +292,7 @@ def _train_seeds(state: State, loaded, seeds: list[int], kw: dict) -> None:
 
 
 def _resume(state: State, run_ref: str, config: str | None, items: list[str], shortcuts: dict, force: bool) -> None:
-    """--resume RUN_ID (SPEC §7.7): same run, same config, only resume-safe overrides."""
+    """--resume RUN_ID: same run, same config, only resume-safe overrides."""
     from mixvae import run as runner
     from mixvae.config import ConfigError, flat_values, load_config, parse_overrides
     from mixvae.tracking.entry_points import prepare_resume

@@ -1,8 +1,8 @@
-"""The configuration schema (SPEC §3): one pydantic model, its validation rules and resolution.
+"""The configuration schema: one pydantic model, its validation rules and resolution.
 
 ``load_config`` is the only way a config file enters mixvae. It runs stage 1 (schema: YAML, sections,
 unknown keys, types, ranges, enums) and stage 2 (cross-field rules and applicability warnings) of
-SPEC §3.10 and reports every problem of a stage together in one ``ConfigError``.
+the validation stages and reports every problem of a stage together in one ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, v, info):
-        """SPEC §3.1: int and float accept numbers and numeric strings; a YAML boolean is not a number."""
+        """int and float accept numbers and numeric strings; a YAML boolean is not a number."""
         items = v if isinstance(v, list) else [v]
         if any(isinstance(item, bool) for item in items):
             kind = _numeric_kind(cls.model_fields[info.field_name].annotation)
@@ -232,7 +232,7 @@ class ModelConfig(_Section):
         return self.prior_type in COMPONENT_DECODING
 
     def head_trained(self, num_labeled: int) -> bool:
-        """The classifier head exists only with labeled images, label_weight > 0 and τ off (§6.5)."""
+        """The classifier head exists only with labeled images, label_weight > 0 and τ off."""
         return num_labeled > 0 and self.label_weight > 0 and not self.use_tau_classifier
 
     @property
@@ -346,7 +346,7 @@ def flat_values(cfg: Config) -> dict[str, Any]:
 
 
 def flatten(cfg: Config) -> dict[str, str]:
-    """Params of SPEC §12.3: dotted keys, JSON values, no description, tags or tracking keys."""
+    """MLflow params: dotted keys, JSON values, no description, tags or tracking keys."""
     out = {}
     for k, v in flat_values(cfg).items():
         if k in ("experiment.description", "experiment.tags") or k.startswith("tracking."):
@@ -381,7 +381,7 @@ def config_hash(cfg: Config, with_seed: bool = True) -> str:
 
 
 def architecture_code(cfg: Config, num_labeled: int | None = None) -> str:
-    """`<prior>_<classifier>_<decoder>` of SPEC §12.2."""
+    """The architecture code `<prior>_<classifier>_<decoder>` (docs/tracking.md)."""
     m = cfg.model
     k = m.num_components
     if m.prior_type == "standard":
@@ -445,7 +445,7 @@ def model_summary_line(cfg: Config) -> str:
     return " · ".join(parts)
 
 
-# --- applicability (SPEC §3.8.1) -------------------------------------------------------------------
+# --- applicability -------------------------------------------------------------------
 
 Applies = Callable[[Config], "str | None"]
 
@@ -575,7 +575,7 @@ for _k in schema_keys():
         APPLIES[_k] = _kick if _k.startswith("curriculum.kick.") and _k != "curriculum.kick.enabled" else _cur
 
 
-# --- cross-field rules (SPEC §3.8) ----------------------------------------------------------------
+# --- cross-field rules ----------------------------------------------------------------
 
 def _is_square(n: int) -> bool:
     r = int(round(n ** 0.5))
@@ -588,7 +588,7 @@ def check_rules(cfg: Config, explicit: set[str], set_values: dict[str, Any] | No
 
     ``explicit``: the dotted keys set in the file or by an override. ``set_values``: their values as
     written (before resolution, e.g. ``auto``), so that a default written out never warns.
-    ``tracking_uri``: the --tracking-uri option; K1 checks the URI it resolves to (SPEC §12.1).
+    ``tracking_uri``: the --tracking-uri option; K1 checks the URI it resolves to.
     """
     from mixvae.metrics import keys as mk
 
@@ -981,7 +981,7 @@ def read_yaml(path: Path, source: str) -> dict:
 def load_config(name: str | None, overrides: list[str] | tuple[str, ...] = (),
                 shortcuts: dict[str, Any] | None = None, *, tracking_uri: str | None = None,
                 raw: dict | None = None) -> Loaded:
-    """Stages 1 and 2 of SPEC §3.10. ``shortcuts`` are CLI options such as --run-name (dotted keys)."""
+    """Validation stages 1 and 2 (schema and rules). ``shortcuts`` are CLI options such as --run-name (dotted keys)."""
     if raw is None:
         path = resolve_config_path(name)
         source = str(name if Path(name).is_file() else path)

@@ -1,4 +1,4 @@
-"""Human-readable output on stderr (SPEC §2.1, §2.3.1): headers, a progress bar on terminals, one
+"""Human-readable output on stderr: headers, a progress bar on terminals, one
 plain line per epoch elsewhere, and a copy of every line for the run's ``logs/train.log``."""
 
 from __future__ import annotations

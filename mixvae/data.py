@@ -1,4 +1,5 @@
-"""Data sets, scaling, splits and the labeled subset (SPEC §4, rules D1–D11 of §3.8).
+"""Data sets, scaling, splits and the labeled subset (docs/user-guide.md, "Data"; the data rules are in
+docs/configuration.md).
 
 One path serves validation and training:
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-# Public mirrors of the original MNIST / Fashion-MNIST IDX files (SPEC §4.2). The environment
+# Public mirrors of the original MNIST / Fashion-MNIST IDX files. The environment
 # variable MIXVAE_DATA_MIRROR replaces them: files are fetched from "<mirror>/<file name>", and a
 # "{dataset}" in the mirror is replaced by the data set name.
 DEFAULT_MIRRORS = {
@@ -41,7 +42,7 @@ DOWNLOAD_TIMEOUT_S = 15.0
 
 IDX_IMAGE_MAGIC = 2051
 IDX_LABEL_MAGIC = 2049
-# (role, file stem, magic) in the order the §4.2 message lists them.
+# (role, file stem, magic) in the order the missing-files message lists them.
 IDX_FILES = (
     ("train_images", "train-images-idx3-ubyte", IDX_IMAGE_MAGIC),
     ("train_labels", "train-labels-idx1-ubyte", IDX_LABEL_MAGIC),
@@ -166,7 +167,7 @@ def expected_image_shape(cfg: Any) -> tuple[int, int, int] | None:
 
 
 def dataset_record(ds: Dataset) -> dict[str, dict[str, Any]]:
-    """What tracking needs for `mlflow.log_input` (SPEC §4.6), keyed by context.
+    """What tracking needs for `mlflow.log_input`, keyed by context.
 
     Each entry: name "<dataset>-<split>", features (scaled images), targets (labels; the training
     split's are the semi-supervised ones), source (file), context, digest. An empty test split
@@ -283,7 +284,7 @@ def _read_mnist5k(problems: list[str]) -> _Raw | None:
 
 
 def _read_npz(path: Path, problems: list[str], warnings: list[str]) -> _Raw | None:
-    """The user's npz file (SPEC §4.1 contract)."""
+    """The user's npz file (the contract in docs/user-guide.md)."""
     if not path.is_file():
         problems.append(
             f"data.path: npz file not found: {path}"
@@ -341,7 +342,7 @@ def _read_npz(path: Path, problems: list[str], warnings: list[str]) -> _Raw | No
     if len(problems) > before or images is None:
         return None
 
-    # SPEC §4.3: integer dtypes divide by their largest value, floats (and bools) by 1
+    # Scaling: integer dtypes divide by their largest value, floats (and bools) by 1
     dtype = arrays["images"].dtype
     default_scale = float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
     return _Raw(
@@ -402,7 +403,7 @@ def _shape_text(images: np.ndarray) -> str:
     return f"{h}x{w}x{ch}"
 
 
-# ---- MNIST / Fashion-MNIST files (SPEC §4.2)
+# ---- MNIST / Fashion-MNIST files
 
 
 def _locate_mnist(directory: Path, name: str) -> tuple[dict[str, Path] | Path | None, list[str]]:
@@ -677,7 +678,7 @@ def _stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray
 def _draw_splits(
     n_pool: int, n_test: int, n_val: int, strata: np.ndarray | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
-    """Pool positions (train, val, test) per SPEC §4.4 steps 2–4, and a warning when
+    """Pool positions (train, val, test) (split steps 2–4), and a warning when
     stratification was asked for but impossible."""
     positions = np.arange(n_pool)
     warning = None
@@ -706,7 +707,7 @@ def _choose_labeled(
     seed: int,
     problems: list[str],
 ) -> np.ndarray:
-    """Positions in the training split that keep their label (SPEC §4.4); D5 and D6."""
+    """Positions in the training split that keep their label; D5 and D6."""
     available = np.flatnonzero(train_labels >= 0)
     if num_labeled > len(available):
         problems.append(
@@ -881,7 +882,7 @@ def _check_fractions(data: Any, test_source: str, problems: list[str]) -> bool:
 
 
 def _draw_pool(n_source: int, num_samples: int | None, seed: int) -> np.ndarray:
-    """SPEC §4.4 step 1: all source images, or a sorted random subset of num_samples."""
+    """Split step 1: all source images, or a sorted random subset of num_samples."""
     if num_samples is None or int(num_samples) >= n_source:
         return np.arange(n_source)
     rng = np.random.default_rng((seed, 1))
@@ -919,7 +920,7 @@ def _split_pool(
     problems: list[str],
     warnings: list[str],
 ) -> _Splits:
-    """SPEC §4.4 steps 2–4: n_test = round(test_fraction·|pool|) (pool test only),
+    """Split steps 2–4: n_test = round(test_fraction·|pool|) (pool test only),
     n_val = round(val_fraction·|pool|) (at least 1), the rest trains."""
     n_pool = len(pool_index)
     n_test = round(float(data.test_fraction) * n_pool) if test_source == "pool" else 0
@@ -965,7 +966,7 @@ def _labels_at(labels: np.ndarray | None, positions: np.ndarray) -> np.ndarray:
 
 
 def _scaled(images: np.ndarray, scale: float) -> np.ndarray:
-    """SPEC §4.3: float32 pixels divided by one global number."""
+    """Scaling: float32 pixels divided by one global number."""
     out = images.astype(np.float32)  # a fresh array, divided in place
     out /= np.float32(scale)
     return out

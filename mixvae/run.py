@@ -1,4 +1,4 @@
-"""What `mixvae train` does, in order (SPEC §2.3): data → MLflow run → params, tags, inputs →
+"""What `mixvae train` does, in order: data → MLflow run → params, tags, inputs →
 compile → train → best restore, final evaluation → summary, diagnostics, checkpoints, model → report →
 run status. The CLI parses options; this module owns the sequence and its failure paths.
 """
@@ -197,7 +197,7 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
         except KeyboardInterrupt:
             result = None
             status, reason = "KILLED", f"interrupted at epoch {trainer.epoch + 1}"
-        except Exception as exc:  # a bug or a tracking failure: FAILED with the reason (SPEC §7.9)
+        except Exception as exc:  # a bug or a tracking failure: FAILED with the reason
             result = None
             reason = _failure_reason(exc)
             tb = traceback.format_exc()
@@ -285,7 +285,7 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
         if model_line:
             console.print(model_line)
 
-    # Report, from the run itself (SPEC §11.1).
+    # Report, from the run itself.
     if cfg.tracking.report:
         try:
             t_report = time.perf_counter()
@@ -333,7 +333,7 @@ def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, 
 
 
 def prediction_keys(cfg, num_labeled: int) -> list[str]:
-    """The outputs of the logged model (SPEC §12.7) for this configuration."""
+    """The outputs of the logged model for this configuration."""
     keys = ["reconstruction_error"]
     if cfg.model.is_mixture_based:
         keys += ["component", "responsibilities"]

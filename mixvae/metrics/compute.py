@@ -1,4 +1,4 @@
-"""Split-level metrics from per-image arrays (SPEC §9.4), computed on the host with NumPy.
+"""Split-level metrics from per-image arrays, computed on the host with NumPy.
 
 Every function takes arrays that the evaluation function already fetched once per split; none of them
 sees a model. All sums over channels run over the active set A; closed channels are never counted as
@@ -124,7 +124,7 @@ def calibration_error(certainty: np.ndarray, correct: np.ndarray, bins: int = 10
 
 def tau_metrics(tau: np.ndarray, free: np.ndarray, active: np.ndarray, pred: np.ndarray,
                 certainty: np.ndarray, ood: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
-    """τ keys of SPEC §9.4; label-based ones only when ``labels`` is given."""
+    """The τ metric keys (docs/runbook.md); label-based ones only when ``labels`` is given."""
     a = active.astype(bool)
     claimed = a & ~free.astype(bool)
     out = {

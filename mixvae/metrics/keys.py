@@ -1,4 +1,4 @@
-"""Every canonical metric key, declared once (SPEC §9).
+"""Every canonical metric key, declared once.
 
 Training, tracking, report and compare import keys from here; a test fails when anything is logged
 under a key that is not declared. Each key carries its family, its direction, where it is logged and
@@ -190,7 +190,7 @@ _TVS = (TRAIN, VAL, SUMMARY)
 _VS = (VAL, SUMMARY)
 
 _DECLARED = [
-    # losses (§6.1)
+    # losses
     _k("loss.recon", "loss", "min", _TVS, "weighted expected per-component negative log-likelihood"),
     _k("loss.kl_z", "loss", "min", _TVS, "kl_weight · mean latent KL", _kl_z),
     _k("loss.kl_c", "loss", "min", _TVS, "kl_c_weight · KL(r ‖ π^A)", _kl_c),
@@ -204,7 +204,7 @@ _DECLARED = [
     _k("loss.l1", "loss", "min", _TVS, "l1_weight · Σ|kernel|", _l1),
     _k("loss.total", "loss", "min", _TVS, "sum of the enabled loss terms (schedule factors 1)"),
     _k("loss.objective", "loss", "min", (TRAIN,), "what the optimiser minimised (schedules applied)"),
-    # mixture (§9.4)
+    # mixture
     _k("mixture.K_eff", "mixture", "none", _TVS, "exp(H(mean r)) over the active set", _mixture),
     _k("mixture.active_components", "mixture", "none", _TVS, "#channels with mean r > 0.01", _mixture),
     _k("mixture.dead_components", "mixture", "min", _TVS, "#active channels that are nobody's argmax", _mixture),
@@ -241,7 +241,7 @@ _DECLARED = [
     _k("uncertainty.sigma_std", "uncertainty", "none", _VS, "std of σ̂", _hetero),
     _k("uncertainty.sigma_saturation", "uncertainty", "min", _VS, "share of σ within 1 % of the range ends", _hetero),
     _k("uncertainty.calibration_error", "uncertainty", "min", _VS, "|mean ((x − μ)/σ)² − 1|", _hetero),
-    # curriculum (§8.7)
+    # curriculum
     _k("curriculum.k_active", "curriculum", "none", (TRAIN,), "active channels during the epoch", _curriculum),
     _k("curriculum.unlocked", "curriculum", "none", (TRAIN,), "1 in the first epoch of a newly opened channel", _curriculum),
     _k("curriculum.kick_active", "curriculum", "none", (TRAIN,), "1 in kick epochs", _curriculum),
@@ -250,7 +250,7 @@ _DECLARED = [
     _k("curriculum.unlock_count", "curriculum", "none", (SUMMARY,), "number of unlocks", _curriculum),
     _k("curriculum.kick_epochs_total", "curriculum", "none", (SUMMARY,), "number of kick epochs", _curriculum),
     _k("curriculum.stopped", "curriculum", "none", (SUMMARY,), "1 if the curriculum stopped opening channels", _curriculum),
-    # training (§9.4)
+    # training
     _k("training.epoch_time_sec", "training", "none", (TRAIN,), "wall time of the epoch"),
     _k("training.steps_per_sec", "training", "none", (TRAIN, SUMMARY), "train steps per second inside the epoch function"),
     _k("training.gumbel_temperature", "training", "none", (TRAIN,), "Gumbel temperature of the epoch", _temperature),

@@ -1,4 +1,4 @@
-"""The mixvae model: networks, priors, routing, losses and the τ classifier (SPEC §5–6)."""
+"""The mixvae model: networks, priors, routing, losses and the τ classifier."""
 
 from mixvae.model import tau
 from mixvae.model.inference import predict_arrays

@@ -1,4 +1,4 @@
-"""Per-image predictions in evaluation mode: what the logged model serves (SPEC §12.7).
+"""Per-image predictions in evaluation mode: what the logged model serves.
 
 ``predict_arrays`` is a pure function of arrays once the model is merged, so it runs inside jax.jit.
 """

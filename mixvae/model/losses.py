@@ -1,7 +1,7 @@
-"""Likelihoods and the named loss terms of the objective (SPEC §5.7, §6.1).
+"""Likelihoods and the named loss terms of the objective.
 
 Each term is one function here; ``compute_terms`` applies the configured weights (never the schedule
-factors of §6.2) and returns per-image, per-labeled-image and per-step values. The trainer takes
+factors) and returns per-image, per-labeled-image and per-step values. The trainer takes
 masked means over the valid images and adds the schedule factors to form the objective.
 """
 
@@ -21,7 +21,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _PIXEL_AXES = (-3, -2, -1)
 
 
-# --- per-image negative log-likelihoods ℓ (SPEC §5.7) -----------------------------------------------
+# --- per-image negative log-likelihoods ℓ -----------------------------------------------
 
 def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
     """ℓ = Σ_p [softplus(o_p) − x_p o_p]: the Bernoulli NLL on logits o, summed over the pixels."""
@@ -72,7 +72,7 @@ def expected_nll(likelihood: str, fwd, x: jax.Array) -> jax.Array:
     return jnp.sum(fwd.decoded_weight * per_component, axis=-1)
 
 
-# --- component regularisers (SPEC §6.1, §6.1.2) ------------------------------------------------------
+# --- component regularisers ------------------------------------------------------
 
 def _xlogx(p: jax.Array) -> jax.Array:
     """p log p with 0 log 0 = 0 and no NaN gradient at 0 (double where)."""
@@ -94,7 +94,7 @@ def categorical_kl(responsibilities: jax.Array, pi_logits: jax.Array, active_mas
 
 def logit_mog_neg_log_prior(logits: jax.Array, active_mask: jax.Array, mode_offset: float,
                             sigma: float) -> jax.Array:
-    """−log p_A(y) for raw logits y [B, K] → [B] (SPEC §6.1.2).
+    """−log p_A(y) for raw logits y [B, K] → [B].
 
     log p_A(y) = logsumexp_{k∈A} [−(K/2) log(2πσ²) − ‖y − M·1_k‖² / (2σ²)] − log |A|.
     """
@@ -148,7 +148,7 @@ def head_cross_entropy(class_logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def l1_norm_of_kernels(model: nnx.Module) -> jax.Array:
-    """Σ |θ| over every Dense/Conv ``kernel`` (the decayed parameters of SPEC §7.1) → []."""
+    """Σ |θ| over every Dense/Conv ``kernel`` (the weight-decayed parameters) → []."""
     total = jnp.zeros((), jnp.float32)
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         if path and path[-1] == "kernel":
@@ -172,7 +172,7 @@ class Terms:
 
 
 def enabled_terms(cfg, num_labeled: int) -> dict[str, str | None]:
-    """Every loss term of §6.1 (not loss.total/objective) → None when enabled, else the disabled reason.
+    """Every loss term (not loss.total/objective) → None when enabled, else the disabled reason.
 
     The applicability rules live once, in ``mixvae.metrics.keys``.
     """
@@ -181,7 +181,7 @@ def enabled_terms(cfg, num_labeled: int) -> dict[str, str | None]:
 
 def compute_terms(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.Array,
                   tau_counts: jax.Array | None) -> Terms:
-    """The enabled loss terms of SPEC §6.1 with their configured weights and no schedule factors.
+    """The enabled loss terms (docs/model.md) with their configured weights and no schedule factors.
 
     x [B, H, W, Ch]; labels int32 [B] with −1 = unlabeled; valid float32 [B] 0/1 (padded slots 0);
     tau_counts [K, C] soft counts, or None when τ is off.

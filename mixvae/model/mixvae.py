@@ -1,9 +1,9 @@
-"""The MixVAE module and its forward pass (SPEC §5).
+"""The MixVAE module and its forward pass.
 
 One forward function maps a batch of images to a ``Forward`` record; ``losses.compute_terms`` turns it
 into named loss terms. Routing state (active mask, kick bias, temperature, straight-through switch)
 enters as arrays in a ``RouteCtx``, so changing it never recompiles. The module holds no RNG state:
-all noise comes from the step key, split into (reparam, gumbel, dropout) keys (SPEC §7.3).
+all noise comes from the step key, split into (reparam, gumbel, dropout) keys.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class ModelSpec:
 
 @struct.dataclass
 class Forward:
-    """Result of one forward pass (SPEC §5.1); fields that do not apply are None.
+    """Result of one forward pass; fields that do not apply are None.
 
     B = batch, K = components, M = decoded components per image, D = latent_dim.
     """
@@ -129,9 +129,9 @@ class Forward:
     decoded_weight: jax.Array | None = None    # w [B, M], component-decoding priors
     out: jax.Array | None = None               # logits (bce) or means: [B, M, H, W, Ch] or [B, H, W, Ch]
     sigma: jax.Array | None = None             # like out (pixel) or [B, M] / [B] (image); heteroscedastic
-    recon: jax.Array | None = None             # x̂ [B, H, W, Ch] (SPEC §5.8)
+    recon: jax.Array | None = None             # x̂ [B, H, W, Ch]
     class_logits: jax.Array | None = None      # [B, C], classifier head only
-    kl_z: jax.Array | None = None              # [B] latent KL per image (SPEC §6.1.1), unweighted
+    kl_z: jax.Array | None = None              # [B] latent KL per image, without kl_weight
     kl_per_component: jax.Array | None = None  # [B, K] KL(q(z_k|x) ‖ prior_k), decentralized only
     active_mask: jax.Array | None = None       # [K] the active mask this pass used (for π^A and p_A)
 
@@ -142,7 +142,7 @@ def mean_images(spec: ModelSpec, out: jax.Array) -> jax.Array:
 
 
 def blended_sigma(fwd: Forward) -> jax.Array | None:
-    """σ̂ of the blended reconstruction (SPEC §5.8): σ̂² = Σ_k w_k (σ_k² + m_k²) − x̂².
+    """σ̂ of the blended reconstruction: σ̂² = Σ_k w_k (σ_k² + m_k²) − x̂².
 
     Per pixel [B, H, W, Ch] for 'pixel' σ; per image [B] for 'image' σ (the mean of σ̂² over the
     pixels). Single-decode priors return σ itself. None without the heteroscedastic head.
@@ -161,7 +161,7 @@ def blended_sigma(fwd: Forward) -> jax.Array | None:
 
 
 class MixVAE(nnx.Module):
-    """Responsibility-conditioned mixture VAE (SPEC §5)."""
+    """Responsibility-conditioned mixture VAE."""
 
     def __init__(self, cfg, image_shape: tuple[int, int, int], *, rngs: nnx.Rngs):
         spec = ModelSpec.from_config(cfg, image_shape)
@@ -257,7 +257,7 @@ class MixVAE(nnx.Module):
     def component_means(self, x: jax.Array, ctx: RouteCtx) -> tuple[jax.Array, jax.Array]:
         """Evaluation mode, every component decoded: (mean images m_k [B, K, H, W, Ch], routing s [B, K]).
 
-        For the per-component diagnostics of SPEC §9.5 (component-decoding priors only); ignores top-M.
+        For the per-component diagnostics (component-decoding priors only); ignores top-M.
         """
         spec = self.spec
         if not spec.is_component_decoding:
@@ -274,7 +274,7 @@ class MixVAE(nnx.Module):
     # --- forward ------------------------------------------------------------------------------
 
     def __call__(self, x: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array) -> Forward:
-        """Forward pass of SPEC §5.1. ``key`` is the step key (split into reparam, gumbel, dropout);
+        """The forward pass (docs/model.md). ``key`` is the step key (split into reparam, gumbel, dropout);
         in evaluation there is no noise and ``key`` only fixes the VampPrior KL samples."""
         spec = self.spec
         reparam_key, gumbel_key, dropout_key = jax.random.split(key, 3)
@@ -309,7 +309,7 @@ class MixVAE(nnx.Module):
 
     def _decode_components(self, fwd: Forward, features: jax.Array, ctx: RouteCtx, *, train: bool,
                            key: jax.Array) -> Forward:
-        """Routing, top-M selection, per-component decoding and the blend x̂ = Σ_k w_k m_k (§5.5–5.8)."""
+        """Routing, top-M selection, per-component decoding and the blend x̂ = Σ_k w_k m_k."""
         spec = self.spec
         batch = features.shape[0]
         logits = self.logits_head(features)
@@ -331,7 +331,7 @@ class MixVAE(nnx.Module):
                            out=out, sigma=sigma, recon=recon)
 
     def _gaussian_latent_kl(self, fwd: Forward) -> Forward:
-        """KL_b for the standard, mixture and geometric_mog priors (SPEC §6.1.1)."""
+        """KL_b for the standard, mixture and geometric_mog priors."""
         spec = self.spec
         if spec.prior_type == "geometric_mog":
             centres = jnp.asarray(priors.geometric_centres(spec.geometric_arrangement, spec.num_components,

@@ -1,4 +1,4 @@
-"""Encoder, decoder backbone, decoder conditioning and output heads (SPEC §5.2, §5.6, §5.7).
+"""Encoder, decoder backbone, decoder conditioning and output heads.
 
 Every trainable weight of a Dense or Conv layer is called ``kernel`` (nnx.Linear, nnx.Conv and
 nnx.ConvTranspose name them so); the optimiser's decay mask and ``loss.l1`` rely on that name.
@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Slopes of leaky_relu: dense blocks use 0.01, conv stacks 0.2 (SPEC §5.2, §5.6).
+# Slopes of leaky_relu: dense blocks use 0.01, conv stacks 0.2.
 DENSE_SLOPE = 0.01
 CONV_SLOPE = 0.2
-# ε of the conditional instance normalisation (SPEC §5.6).
+# ε of the conditional instance normalisation.
 NORM_EPS = 1e-5
 
 
@@ -54,7 +54,7 @@ class DenseBlock(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    """Image [B, H, W, Ch] → feature vector [B, F] (SPEC §5.2)."""
+    """Image [B, H, W, Ch] → feature vector [B, F]."""
 
     def __init__(self, image_shape: tuple[int, int, int], encoder_type: str, hidden_dims: tuple[int, ...],
                  conv_channels: tuple[int, ...], *, rngs: nnx.Rngs):
@@ -93,7 +93,7 @@ class Encoder(nnx.Module):
 
 
 class DecoderBackbone(nnx.Module):
-    """Latent [N, D] → last feature map h: [N, F] (dense) or [N, H', W', F] (conv) (SPEC §5.6)."""
+    """Latent [N, D] → last feature map h: [N, F] (dense) or [N, H', W', F] (conv)."""
 
     def __init__(self, image_shape: tuple[int, int, int], decoder_type: str, latent_dim: int,
                  hidden_dims: tuple[int, ...], conv_channels: tuple[int, ...], *, rngs: nnx.Rngs):
@@ -162,7 +162,7 @@ def _standardise(h: jax.Array) -> jax.Array:
 
 
 class Conditioning(nnx.Module):
-    """How the component embedding e_k enters the decoder, on the last feature map h (SPEC §5.6).
+    """How the component embedding e_k enters the decoder, on the last feature map h.
 
     cin:    (γ, β) = Dense(2F)(e_k); h' = (1 + γ) ⊙ norm(h) + β   (zero-initialised Dense)
     film:   (γ, β) = Dense(2F)(e_k); h' = (1 + γ) ⊙ h + β         (zero-initialised: h' = h at init)
@@ -200,7 +200,7 @@ class Conditioning(nnx.Module):
 
 
 class OutputHead(nnx.Module):
-    """Mean/logit head and, for the heteroscedastic decoder, the σ head (SPEC §5.7).
+    """Mean/logit head and, for the heteroscedastic decoder, the σ head.
 
     dense → Dense(P) reshaped to [H, W, Ch]; conv → Conv(Ch, 3×3, SAME), cropped to H×W.
     σ: 'pixel' is a head of the same form, 'image' is Dense(1) (dense) or global average pooling and
@@ -250,7 +250,7 @@ class OutputHead(nnx.Module):
 
 
 class ClassifierHead(nnx.Module):
-    """Two blocks of Dense(h) → leaky_relu(0.01) → Dropout, then Dense(C) logits (SPEC §6.5).
+    """Two blocks of Dense(h) → leaky_relu(0.01) → Dropout, then Dense(C) logits.
 
     Dropout draws its mask from the explicit ``dropout`` key, so the module holds no RNG state.
     """

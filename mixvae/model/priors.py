@@ -1,4 +1,4 @@
-"""Latent priors: Gaussian KLs, geometric centres and the VampPrior (SPEC §5.4, §6.1.1).
+"""Latent priors: Gaussian KLs, geometric centres and the VampPrior.
 
 KL(N(μ, diag e^ℓ) ‖ N(c, I)) = ½ Σ_d (e^{ℓ_d} + (μ_d − c_d)² − 1 − ℓ_d).
 """
@@ -14,7 +14,7 @@ import numpy as np
 from mixvae.model.routing import is_active
 
 _LOG_2PI = math.log(2.0 * math.pi)
-# At most this many training images go into the k-means fit of the pseudo-inputs (SPEC §5.4.1).
+# At most this many training images go into the k-means fit of the pseudo-inputs.
 KMEANS_MAX_IMAGES = 10_000
 
 
@@ -29,7 +29,7 @@ def diag_gaussian_log_density(z: jax.Array, mean: jax.Array, logvar: jax.Array) 
 
 
 def geometric_centres(arrangement: str, num_components: int, latent_dim: int, radius: float) -> np.ndarray:
-    """Fixed centres c_k ∈ ℝ^D of geometric_mog, zeros beyond the first two dimensions (SPEC §5.4).
+    """Fixed centres c_k ∈ ℝ^D of geometric_mog, zeros beyond the first two dimensions.
 
     circle: c_k = (R cos 2πk/K, R sin 2πk/K); grid (K = g²): component k = i·g + j sits at (x_j, x_i)
     with x = linspace(−R, R, g).
@@ -72,7 +72,7 @@ def vamp_kl(key: jax.Array, mean: jax.Array, logvar: jax.Array, pseudo_mean: jax
 
 def vamp_responsibilities(z_mean: jax.Array, pseudo_mean: jax.Array, pseudo_logvar: jax.Array,
                           active_mask: jax.Array) -> jax.Array:
-    """r_k(x) = softmax_k log N(z_mean(x); m_k, diag e^{ℓ_k}) over the active channels (SPEC §5.4.1)."""
+    """r_k(x) = softmax_k log N(z_mean(x); m_k, diag e^{ℓ_k}) over the active channels."""
     log_densities = diag_gaussian_log_density(z_mean[:, None, :], pseudo_mean, pseudo_logvar)  # [B, K]
     active = is_active(active_mask)
     probs = jax.nn.softmax(jnp.where(active, log_densities, -jnp.inf), axis=-1)
@@ -80,7 +80,7 @@ def vamp_responsibilities(z_mean: jax.Array, pseudo_mean: jax.Array, pseudo_logv
 
 
 def init_pseudo_inputs(cfg, train_x: np.ndarray) -> np.ndarray:
-    """Initial VampPrior pseudo-inputs u_k from the training split → float32 [K, H, W, Ch] (SPEC §5.4.1).
+    """Initial VampPrior pseudo-inputs u_k from the training split → float32 [K, H, W, Ch].
 
     random: K distinct training images chosen with training.seed.
     kmeans: centroids of KMeans(n_clusters=K, n_init=10, random_state=training.seed) fitted on at most

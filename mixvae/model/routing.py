@@ -1,4 +1,4 @@
-"""Responsibilities, routing weights and top-M gating (SPEC §5.5).
+"""Responsibilities, routing weights and top-M gating.
 
 r = softmax(ỹ): deterministic responsibilities, used by every regulariser and metric.
 s: routing weights that combine the decoded components — r, or a Gumbel-softmax sample in training.
@@ -16,9 +16,9 @@ _F32 = jnp.float32
 
 @struct.dataclass
 class RouteCtx:
-    """Everything about routing that changes during training without recompiling (SPEC §5.1).
+    """Everything about routing that changes during training without recompiling.
 
-    ``kick_bias`` and ``straight_through`` act in training steps only (SPEC §5.5.1, §8.4): evaluation
+    ``kick_bias`` and ``straight_through`` act in training steps only: evaluation
     uses no kick bias and the configured straight-through flag.
     """
 
@@ -94,7 +94,7 @@ def straight_through(soft: jax.Array) -> jax.Array:
 
 def route(logits: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array, use_gumbel: bool,
           use_straight_through: bool) -> Routing:
-    """r and s of SPEC §5.5.2 for logits y [B, K]."""
+    """Responsibilities r and routing weights s for logits y [B, K]."""
     mask = ctx.active_mask
     if not train:
         masked = mask_logits(logits, mask)  # no kick bias in evaluation
@@ -122,7 +122,7 @@ def route(logits: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array, use_
 
 def select_decoded(ranking: jax.Array, routing: jax.Array, active_mask: jax.Array,
                    top_m: int) -> tuple[jax.Array, jax.Array]:
-    """Decoded channels S(b) and their weights w (SPEC §5.5.4) → (index [B, M] int32, weight [B, M]).
+    """Decoded channels S(b) and their weights w → (index [B, M] int32, weight [B, M]).
 
     0 < M < K: the M channels with the largest soft probabilities (ties to the lower index, inactive
     channels last), weights renormalised over the set, w = s_S / Σ_S s. Otherwise all K channels are

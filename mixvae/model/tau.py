@@ -1,4 +1,4 @@
-"""τ classifier: soft component-to-label counts and the predictions made from them (SPEC §6.4).
+"""τ classifier: soft component-to-label counts and the predictions made from them.
 
 N ∈ ℝ^{K×C} soft counts, initialised to α₀; τ_{k,c} = N_{k,c} / Σ_c' N_{k,c'}; p(c|x) = Σ_k r_k(x) τ_{k,c}.
 """

@@ -1,4 +1,4 @@
-"""Saving and restoring model weights with τ counts and the active mask (SPEC §7.6, §12.7).
+"""Saving and restoring model weights with τ counts and the active mask.
 
 Format: the pure-dictionary NNX state (nnx.to_pure_dict) plus τ counts and the active mask, serialised
 with flax.serialization.msgpack_serialize. Restoring goes through an abstract model built with

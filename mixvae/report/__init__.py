@@ -1,4 +1,4 @@
-"""Figures, REPORT.md/.html and COMPARE.md built from MLflow runs (SPEC §10–§11).
+"""Figures, REPORT.md/.html and COMPARE.md built from MLflow runs.
 
 Everything here reads a `RunRecord` (see docs/architecture.md) and never a model; matplotlib is
 imported only when a figure is drawn.

@@ -1,8 +1,8 @@
-"""REPORT.md and REPORT.html for one run (SPEC §11.1–§11.3).
+"""REPORT.md and REPORT.html for one run.
 
 `build_report(record, out_dir)` is the one path used by `mixvae report RUN_ID` and by the end of
 `mixvae train`: it reads only the RunRecord (loaded from MLflow), draws the plots, and renders one
-`Document` to Markdown and HTML. Every section of §11.2 is always present, in order; a section that
+`Document` to Markdown and HTML. Every section is always present, in order; a section that
 does not apply holds `Not applicable: <reason>.`, one whose inputs are missing `Skipped: <reason>.`
 The `Generated: …` line is the only line that changes between two builds of the same run.
 """
@@ -223,7 +223,7 @@ def config_differences(config: dict, defaults: dict, config_name: str | None = N
 # ===================================================================================== the report
 
 class _Report:
-    """Builds the sections of §11.2 from one record and its plot statuses."""
+    """Builds the report's sections from one record and its plot statuses."""
 
     def __init__(self, record, statuses: dict[str, PlotStatus]):
         self.record = record
@@ -673,5 +673,5 @@ class _Report:
 
 
 def report_document(record, statuses: dict[str, PlotStatus], generated: datetime) -> Document:
-    """The report of one run as a Document (sections of SPEC §11.2, in order)."""
+    """The report of one run as a Document (its sections in order)."""
     return _Report(record, statuses).document(generated)

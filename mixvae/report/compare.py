@@ -1,4 +1,4 @@
-"""COMPARE.md (and COMPARE.html, compare_figures/) for two or more runs (SPEC §11.4).
+"""COMPARE.md (and COMPARE.html, compare_figures/) for two or more runs.
 
 Five parts: the runs, the config keys that differ, the metrics with direction-aware deltas to a
 baseline (▲ better, ▼ worse), seed groups (runs sharing `mixvae.config_hash_noseed`) with a per-seed

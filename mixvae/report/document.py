@@ -1,4 +1,4 @@
-"""One small document model, rendered to Markdown and to standalone HTML (SPEC §11.1).
+"""One small document model, rendered to Markdown and to standalone HTML.
 
 REPORT.md and COMPARE.md are built as a `Document` — a title, some blocks, then sections of
 blocks — and rendered twice: `to_markdown()` links images by relative path, `to_html(base_dir)`

@@ -1,4 +1,4 @@
-"""MLflow integration (SPEC §12): the only package that imports mlflow.
+"""MLflow integration: the only package that imports mlflow.
 
 Names are imported lazily, so `from mixvae.tracking.uri import check_uri` (used by
 `mixvae validate`) and `from mixvae.tracking import MemoryWriter` never import mlflow.

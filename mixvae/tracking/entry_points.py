@@ -1,5 +1,5 @@
 """Runs that are not training runs: `mlflow run -e validate|report|compare` entry points, and the
-read side of `mixvae train --resume` (SPEC §7.7, §11.4, §12.6)."""
+read side of `mixvae train --resume`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`mixvae runs`: list runs from the tracking store, newest first (SPEC §2.6)."""
+"""`mixvae runs`: list runs from the tracking store, newest first."""
 
 from __future__ import annotations
 

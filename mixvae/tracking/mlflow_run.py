@@ -1,4 +1,4 @@
-"""MLflow runs: opening, the background writer, and ending (SPEC §12.1, §12.2, §12.5, §12.6).
+"""MLflow runs: opening, the background writer, and ending.
 
 `open_run` creates or attaches to a run with `mlflow.start_run` (so MLflow's own source tags,
 `MLFLOW_RUN_ID` and system metrics behave as MLflow documents them) and returns an `MlflowWriter`.
@@ -40,7 +40,7 @@ from mixvae.tracking.writer import (
 
 log = logging.getLogger(__name__)
 
-RETRIES = 3  # a failing call is retried 3 times (SPEC §12.5)
+RETRIES = 3  # a failing call is retried 3 times
 BACKOFF_SECONDS = 1.0  # waits 1 s, 2 s, 4 s between the attempts
 FIRST_CONTACT_TIMEOUT_S = 5  # an unreachable store must fail fast, before training starts
 
@@ -58,7 +58,7 @@ HTTP_DEFAULTS = {
 
 
 def prepare_mlflow() -> None:
-    """What mixvae sets for its own process (SPEC §12.1): no "View run" lines on stdout, no
+    """What mixvae sets for its own process: no "View run" lines on stdout, no
     MLflow/SQLAlchemy deprecation warnings on the console, no alembic migration chatter."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name, value in HTTP_DEFAULTS.items():
@@ -136,7 +136,7 @@ def with_retries(
 
 def resolve_experiment(client: MlflowClient, name: str, from_cli: bool) -> tuple[str, str]:
     """(experiment id, name): `--experiment-name` → `MLFLOW_EXPERIMENT_NAME` or
-    `MLFLOW_EXPERIMENT_ID` → `tracking.experiment_name`; created when missing (SPEC §12.2)."""
+    `MLFLOW_EXPERIMENT_ID` → `tracking.experiment_name`; created when missing."""
     if not from_cli:
         env_name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
         env_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
@@ -407,7 +407,7 @@ class MlflowWriter:
         self._submit(what, lambda: self.client.log_batch(self.run_id, metrics=entries))
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Every `train/` and `val/` value of epoch `step` in one `log_batch` (SPEC §12.5)."""
+        """Every `train/` and `val/` value of epoch `step` in one `log_batch`."""
         self._log_metrics(f"log_batch of epoch {step}", step, metrics)
 
     def log_summary(self, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -431,9 +431,8 @@ class MlflowWriter:
         )
 
     def log_inputs(self, records: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
-        """Log dataset records ({name, features, targets, source, context}) with `log_inputs`
-        (SPEC §4.6). The datasets (and their digests, in `dataset_digests`) are built here; the
-        call is queued."""
+        """Log dataset records ({name, features, targets, source, context}) with `log_inputs`.
+        The datasets (and their digests, in `dataset_digests`) are built here; the call is queued."""
         entries = []
         for record in normalise_records(records):
             dataset = numpy_dataset(record)

@@ -1,4 +1,4 @@
-"""Logging the trained model as an MLflow LoggedModel, and registering it (SPEC §12.7, §12.8)."""
+"""Logging the trained model as an MLflow LoggedModel, and registering it."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def pip_requirements() -> list[str]:
 
 
 def output_columns(prediction_keys: Iterable[str], num_components: int) -> list[list[str]]:
-    """[[name, "long"|"double"]] in the order of SPEC §12.7 for the keys `predict_arrays`
+    """[[name, "long"|"double"]] in the served column order for the keys `predict_arrays`
     returns: component, responsibility_0…K−1, predicted_label, certainty, ood_score,
     reconstruction_error."""
     keys = set(prediction_keys)

@@ -1,4 +1,4 @@
-"""The logged mixvae model, as MLflow models-from-code (SPEC §12.7).
+"""The logged mixvae model, as MLflow models-from-code.
 
 MLflow executes this file by path when it loads the model; it ends in
 `mlflow.models.set_model(MixvaeModel())`, so nothing is pickled. It imports only the config and
@@ -129,7 +129,7 @@ class MixvaeModel(mlflow.pyfunc.PythonModel):
 
 
 def default_columns(outputs: dict[str, np.ndarray]) -> list[tuple[str, str]]:
-    """Column order of SPEC §12.7 for whichever outputs exist."""
+    """The served column order for whichever outputs exist."""
     columns: list[tuple[str, str]] = []
     if "component" in outputs:
         columns.append(("component", "long"))

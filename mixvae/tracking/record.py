@@ -1,4 +1,4 @@
-"""Reading a run back from MLflow (SPEC §11.1): `load_run(run id or prefix) -> RunRecord`.
+"""Reading a run back from MLflow: `load_run(run id or prefix) -> RunRecord`.
 
 The report is built from a RunRecord only, never from in-memory training objects. Missing
 artifacts are None, never an exception: a FAILED or KILLED run still gives a record.
@@ -135,7 +135,7 @@ def artifact_tree(client: MlflowClient, run_id: str, path: str | None = None) ->
 
 def latest_per_step(history) -> list[tuple[int, float]]:
     """[(step, value)] sorted by step; for a step logged more than once the value with the latest
-    timestamp wins (a resumed run logs some epochs again, SPEC §7.7)."""
+    timestamp wins (a resumed run logs some epochs again)."""
     best: dict[int, tuple[int, int, float]] = {}
     for order, metric in enumerate(history):
         candidate = (metric.timestamp, order, metric.value)

@@ -1,4 +1,4 @@
-"""`mixvae train --seeds`: a seed_group parent run over one child run per seed (SPEC §2.3.3)."""
+"""`mixvae train --seeds`: a seed_group parent run over one child run per seed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tracking URI precedence (SPEC §12.1) and rule K1.
+"""Tracking URI precedence and rule K1.
 
 This module does not import mlflow: `mixvae validate` calls it and must stay fast.
 """

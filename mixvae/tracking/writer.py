@@ -1,4 +1,4 @@
-"""The seam between the trainer and a tracking backend (SPEC §12, §12.5).
+"""The seam between the trainer and a tracking backend.
 
 The trainer only sees `RunWriter`. `MlflowWriter` (mixvae/tracking/mlflow_run.py) sends everything to
 MLflow from a background thread; `MemoryWriter` keeps everything in memory for tests and notebooks.
@@ -59,7 +59,7 @@ class RunWriter(Protocol):
 
 def check_param_keys(params: Mapping[str, str]) -> dict[str, str]:
     """Params are dotted config keys with JSON-text values; mixvae never logs an undotted param
-    (MLproject parameters are undotted, so the two never collide, SPEC §12.3)."""
+    (MLproject parameters are undotted, so the two never collide)."""
     undotted = sorted(key for key in params if "." not in key)
     if undotted:
         raise ValueError(f"param keys must contain a dot (got {', '.join(undotted)})")

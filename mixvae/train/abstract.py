@@ -1,4 +1,4 @@
-"""Stage 4 of validation (SPEC §3.10): build the model and trace one train step abstractly.
+"""Stage 4 of validation: build the model and trace one train step abstractly.
 
 Nothing is computed: ``nnx.eval_shape`` builds the model, ``jax.eval_shape`` traces one optimiser step
 and one forward pass on inputs of the real batch shape. Wiring and shape errors surface in seconds.

@@ -1,4 +1,4 @@
-"""Checkpoints (SPEC §7.6): pure-dictionary state in ``state.msgpack`` plus ``meta.json``.
+"""Checkpoints: pure-dictionary state in ``state.msgpack`` plus ``meta.json``.
 
 ``last`` holds everything needed to resume (model, optimiser, τ counts, curriculum, epoch, step,
 early-stopping state, best snapshot, history); ``best`` holds what the best epoch restores. Arrays are

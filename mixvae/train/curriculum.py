@@ -1,4 +1,4 @@
-"""Channel curriculum (SPEC §8): host-side decisions once per epoch, device-side mask as an array.
+"""Channel curriculum: host-side decisions once per epoch, device-side mask as an array.
 
 ``Curriculum.plan(n)`` says how epoch n trains (mask, kick); ``Curriculum.observe(n, v)`` takes the
 unlock monitor after the epoch's validation and decides about plateaus, unlocks, kicks and stops.

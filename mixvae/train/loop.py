@@ -1,4 +1,4 @@
-"""The training loop (SPEC §7): epochs, schedules, evaluation, early stopping, curriculum, NaN guard,
+"""The training loop: epochs, schedules, evaluation, early stopping, curriculum, NaN guard,
 checkpoints, best-epoch restore, final evaluation and diagnostics.
 
 The loop knows nothing about MLflow: it reports through a ``RunWriter`` (``mixvae.tracking.writer``).
@@ -54,12 +54,12 @@ def versions() -> dict[str, str]:
 
 
 def rho(n: int, length: int) -> float:
-    """ρ(n, N) of SPEC §6.2."""
+    """ρ(n, N) = min(1, n / N), the linear warm-up factor (1 when N = 0)."""
     return 1.0 if length == 0 else min(1.0, n / length)
 
 
 def temperature(cfg, n: int) -> float:
-    """T_n of SPEC §5.5.3."""
+    """The Gumbel temperature T_n of epoch n, annealed linearly."""
     m = cfg.model
     if m.gumbel_temperature_anneal_epochs == 0:
         return m.gumbel_temperature
@@ -119,7 +119,7 @@ class Trainer:
                                 step=jnp.zeros((), jnp.int32))
         self.fns = Functions(cfg, self.graphdef, self.tx, image_shape=ds.image_shape, n_train=ds.n_train,
                              num_labeled=self.num_labeled)
-        # Device-resident data (SPEC §4.5).
+        # Device-resident data.
         self.train_x = jnp.asarray(ds.train_x)
         self.train_y = jnp.asarray(ds.train_y)
         # Warm-start clustering a_b of every training image (zeros, unused, when cluster_init is 'none').
@@ -157,7 +157,7 @@ class Trainer:
         mode = self.cfg.training.monitor_mode
         return mk.direction(self.cfg.training.monitor) if mode == "auto" else mode
 
-    # --- compilation (SPEC §7.10) -------------------------------------------------------------------
+    # --- compilation -------------------------------------------------------------------
 
     def _example_schedule(self) -> Schedule:
         z = np.float32(1.0)
@@ -310,7 +310,7 @@ class Trainer:
         def attempt(keys, fn):
             try:
                 metrics.update(fn())
-            except Exception as exc:  # a failed metric never fails the run (SPEC §9.3)
+            except Exception as exc:  # a failed metric never fails the run
                 for key in keys:
                     status[key] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
 
@@ -543,7 +543,7 @@ class Trainer:
             self.writer.log_artifacts(self.ckpt_dir / "last", "checkpoints/last")
 
     def restore_last(self, directory: Path) -> None:
-        """Resume: everything of the ``last`` checkpoint back into this trainer (SPEC §7.7)."""
+        """Resume: everything of the ``last`` checkpoint back into this trainer."""
         templates = {"params": self.state.params, "opt_state": self.state.opt_state,
                      "tau_counts": self.state.tau_counts, "best_params": self.state.params,
                      "best_tau_counts": self.state.tau_counts, "best_active_mask": np.zeros(self.k, F32)}
@@ -657,7 +657,7 @@ class Trainer:
         return out
 
     def write_diagnostics(self, params, tau_counts, mask, x, y, res: SplitResult, path: Path) -> None:
-        """diagnostics/eval.npz of SPEC §9.5 from the compiled diagnostics function."""
+        """diagnostics/eval.npz from the compiled diagnostics function."""
         m = self.cfg.model
         n = len(x)
         key = self.keys["eval"]

@@ -1,4 +1,4 @@
-"""The compiled functions of a run (SPEC §7.2, §7.4, §9.5): one scanned epoch, one evaluation chunk,
+"""The compiled functions of a run: one scanned epoch, one evaluation chunk,
 one diagnostics chunk.
 
 Everything that changes during training without recompiling — schedule factors, temperature, the
@@ -22,13 +22,13 @@ from mixvae.model.mixvae import blended_sigma, mean_images
 from mixvae.model.routing import gumbel_noise, mask_logits, masked_softmax
 
 F32 = jnp.float32
-# Random streams of SPEC §7.3, folded into the root key.
+# Random streams, folded into the root key.
 STREAM_INIT, STREAM_SHUFFLE, STREAM_STEPS, STREAM_EVAL = 0, 1, 2, 3
 
 
 @flax.struct.dataclass
 class Schedule:
-    """Per-epoch host decisions (SPEC §6.2, §8.4), passed to the compiled epoch as arrays."""
+    """Per-epoch host decisions, passed to the compiled epoch as arrays."""
     kl_z_scale: jax.Array        # β(n)
     kl_c_scale: jax.Array        # κ(n), times the kick's regulariser scale
     temperature: jax.Array       # Gumbel temperature of the training steps
@@ -56,7 +56,7 @@ def param_masks(params) -> tuple[Any, Any]:
 
 
 def make_optimizer(cfg, params) -> optax.GradientTransformation:
-    """SPEC §7.1: clip → AdamW with decoupled decay on kernels → pseudo-input learning-rate scale."""
+    """clip → AdamW with decoupled decay on kernels → pseudo-input learning-rate scale."""
     t, m = cfg.training, cfg.model
     decay, pseudo = param_masks(params)
     parts = []
@@ -283,7 +283,7 @@ class Functions:
             return jnp.take_along_axis(fwd.z_mean, winner[:, None, None], axis=1)[:, 0]
         return fwd.z_mean
 
-    # --- diagnostics (SPEC §9.5) ------------------------------------------------------------------
+    # --- diagnostics ------------------------------------------------------------------
 
     def diagnostics(self, params, tau_counts, x, fixed_x, active_mask, temperature, chunk_index, eval_key):
         """Per-image arrays for the diagnostics file, and every component's mean image for fixed images."""

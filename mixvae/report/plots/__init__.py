@@ -1,4 +1,4 @@
-"""Plot registry (SPEC §10.1): the catalogue of §10.2 in order, and `run_plots`.
+"""Plot registry: the catalogue of figures in order, and `run_plots`.
 
 Each entry names its file(s) under `figures/`, a config gate `applies(cfg) -> None | reason`, and a
 draw function that takes the run's arrays (`PlotData`) and an output path — never a model. The
@@ -99,7 +99,7 @@ def _status_of(spec: PlotSpec, data: PlotData, fig_dir: Path) -> PlotStatus:
         spec.draw(data, fig_dir / spec.file)
     except PlotSkipped as skip:
         return PlotStatus("skipped", str(skip))
-    except Exception as exc:  # a failing plot never fails the report (§10.1)
+    except Exception as exc:  # a failing plot never fails the report
         log.debug("plot %s failed", spec.name, exc_info=True)
         message = " ".join(str(exc).split())
         return PlotStatus("failed", f"{type(exc).__name__}: {message}" if message else type(exc).__name__)

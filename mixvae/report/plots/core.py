@@ -1,4 +1,4 @@
-"""Core plots (SPEC §10.2): loss curves, reconstructions, latent space."""
+"""Core plots: loss curves, reconstructions, latent space."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from .common import (PlotData, PlotSkipped, categorical_colors, class_legend, draw_montage, grid_shape,
                      new_figure, project_2d, save, scatter_latents, sigma_to_rgb, style, to_rgb)
 
-# Panel order of the loss terms (§6.1); anything else logged under loss.* follows alphabetically.
+# Panel order of the loss terms; anything else logged under loss.* follows alphabetically.
 LOSS_TERM_ORDER = ("loss.recon", "loss.kl_z", "loss.kl_c", "loss.kl_c_logit_mog", "loss.dirichlet",
                    "loss.diversity", "loss.classifier", "loss.l1")
 

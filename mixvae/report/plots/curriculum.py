@@ -1,4 +1,4 @@
-"""Channel-curriculum plot (SPEC §8.7, §10.2): k_active over epochs with unlocks, kicks and the stop."""
+"""Channel-curriculum plot: k_active over epochs with unlocks, kicks and the stop."""
 
 from __future__ import annotations
 

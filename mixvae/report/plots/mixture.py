@@ -1,4 +1,4 @@
-"""Mixture plots (SPEC §10.2): how the K channels are used, routed and decoded."""
+"""Mixture plots: how the K channels are used, routed and decoded."""
 
 from __future__ import annotations
 

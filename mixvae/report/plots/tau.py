@@ -1,4 +1,4 @@
-"""τ classifier plots (SPEC §10.2): the label map, per-class accuracy, certainty calibration."""
+"""τ classifier plots: the label map, per-class accuracy, certainty calibration."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def gate_tau(cfg) -> str | None:
 
 
 def free_channels(data: PlotData) -> np.ndarray:
-    """Channels whose labeled evidence Σ_c (N_kc − α₀) is below tau_free_count_threshold (§6.4)."""
+    """Channels whose labeled evidence Σ_c (N_kc − α₀) is below tau_free_count_threshold."""
     if data.has("tau_free"):
         return data.diag("tau_free").astype(bool)
     counts = data.diag("tau_counts")

@@ -1,4 +1,4 @@
-"""Uncertainty plot (SPEC §10.2): the distribution of the learned σ."""
+"""Uncertainty plot: the distribution of the learned σ."""
 
 from __future__ import annotations
 
