@@ -296,7 +296,7 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
     from mixvae import run as runner
     from mixvae.config import ConfigError, flat_values, load_config, parse_overrides
     from mixvae.tracking.entry_points import prepare_resume
-    from mixvae.tracking.uri import resolve_tracking_uri
+    from mixvae.tracking_uri import resolve_tracking_uri
     from mixvae.tracking.writer import RunNotFound, TrackingError
 
     console = state.console
@@ -361,7 +361,7 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
 def report(state: State, run_id, out_dir, no_upload, no_html):
     """Rebuild figures, REPORT.md and REPORT.html of RUN_ID from the MLflow run alone."""
     from mixvae.run import build_report_for_run
-    from mixvae.tracking.uri import resolve_tracking_uri
+    from mixvae.tracking_uri import resolve_tracking_uri
     from mixvae.tracking.writer import RunNotFound, TrackingError
 
     uri = resolve_tracking_uri(state.tracking_uri, None)[0]
@@ -394,7 +394,7 @@ def compare(state: State, runs, out_dir, baseline, metrics):
     """Build COMPARE.md for two or more runs."""
     from mixvae.report import build_compare, default_compare_dir
     from mixvae.tracking.record import load_run
-    from mixvae.tracking.uri import resolve_tracking_uri
+    from mixvae.tracking_uri import resolve_tracking_uri
     from mixvae.tracking.writer import RunNotFound, TrackingError
 
     ids: list[str] = []
@@ -449,7 +449,7 @@ def compare(state: State, runs, out_dir, baseline, metrics):
 def runs(state: State, experiments, all_experiments, limit, status, filter_, all_kinds, fmt):
     """List runs, newest first."""
     from mixvae.tracking.listing import ListingError, format_rows, list_runs
-    from mixvae.tracking.uri import resolve_tracking_uri
+    from mixvae.tracking_uri import resolve_tracking_uri
     from mixvae.tracking.writer import TrackingError
 
     uri = resolve_tracking_uri(state.tracking_uri, None)[0]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
-from mixvae.tracking.uri import SOURCE_CONFIG, SOURCE_DEFAULT, check_uri, resolve_tracking_uri
+from mixvae.tracking_uri import SOURCE_CONFIG, SOURCE_DEFAULT, check_uri, resolve_tracking_uri
 
 SECTIONS = ("experiment", "data", "model", "training", "curriculum", "tracking")
 PRESETS_DIR = Path(__file__).parent / "configs"

@@ -97,7 +97,7 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
           verbose: bool = False) -> Outcome:
     """One training run, start to status. Raises UsageError for exit-2 problems found before a run exists."""
     from mixvae.data import DataError, load_dataset
-    from mixvae.tracking.uri import check_uri, resolve_tracking_uri
+    from mixvae.tracking_uri import check_uri, resolve_tracking_uri
 
     t_start = time.perf_counter()
     cfg = loaded.config

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import free_port
 
-from mixvae.tracking.uri import check_uri, default_tracking_uri, resolve_tracking_uri
+from mixvae.tracking_uri import check_uri, default_tracking_uri, resolve_tracking_uri
 from mixvae.tracking.writer import MemoryWriter, RunNotFound, RunWriter, TrackingError
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def test_k1_accepts_database_and_server_uris(uri):
 
 
 def test_uri_module_and_memory_writer_do_not_import_mlflow():
-    code = ("import sys; import mixvae.tracking.uri; from mixvae.tracking import MemoryWriter, check_uri; "
+    code = ("import sys; import mixvae.tracking_uri; from mixvae.tracking import MemoryWriter; "
             "print('mlflow' in sys.modules)")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,

@@ -1,7 +1,8 @@
 """MLflow integration: the only package that imports mlflow.
 
-Names are imported lazily, so `from mixvae.tracking.uri import check_uri` (used by
-`mixvae validate`) and `from mixvae.tracking import MemoryWriter` never import mlflow.
+Names are imported lazily, so `from mixvae.tracking import MemoryWriter` never imports mlflow.
+The tracking URI's precedence and check live below this package, in `mixvae/tracking_uri.py`
+(config validation uses them too).
 
 - writer.py       RunWriter protocol, MemoryWriter, TrackingError, RunNotFound
 - mlflow_run.py   open_run, MlflowWriter (background thread), upload_dir
@@ -9,7 +10,6 @@ Names are imported lazily, so `from mixvae.tracking.uri import check_uri` (used 
 - model_logging   log_model (models-from-code), register, make_data_meta
 - pyfunc_model.py the file MLflow loads the model from
 - listing.py      `mixvae runs`
-- uri.py          tracking URI precedence, rule K1
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ _EXPORTS = {
     "MemoryWriter": "writer",
     "TrackingError": "writer",
     "RunNotFound": "writer",
-    "resolve_tracking_uri": "uri",
-    "check_uri": "uri",
-    "default_tracking_uri": "uri",
     "open_run": "mlflow_run",
     "MlflowWriter": "mlflow_run",
     "upload_dir": "mlflow_run",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mixvae.tracking.mlflow_run import connect, download_artifact, with_retries
 from mixvae.tracking.record import resolve_run_id
-from mixvae.tracking.uri import resolve_tracking_uri
+from mixvae.tracking_uri import resolve_tracking_uri
 
 
 def log_validation_run(run_id: str, *, config_yaml: str | None, input_text: str | None, validation: dict) -> None:

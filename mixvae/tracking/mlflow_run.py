@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from mixvae.tracking.uri import check_uri, resolve_tracking_uri
+from mixvae.tracking_uri import check_uri, resolve_tracking_uri
 from mixvae.tracking.writer import (
     STATUS_REASON_TAG,
     TrackingError,

@@ -15,7 +15,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from mixvae.tracking.mlflow_run import connect, short_reason
-from mixvae.tracking.uri import resolve_tracking_uri
+from mixvae.tracking_uri import resolve_tracking_uri
 from mixvae.tracking.writer import TrackingError
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")

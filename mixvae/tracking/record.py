@@ -22,7 +22,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 from mixvae.tracking.mlflow_run import connect, short_reason
-from mixvae.tracking.uri import resolve_tracking_uri
+from mixvae.tracking_uri import resolve_tracking_uri
 from mixvae.tracking.writer import RunNotFound, TrackingError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 from mixvae import __version__
 from mixvae.config import architecture_code, config_hash
 from mixvae.tracking.mlflow_run import MlflowWriter, connect, open_run
-from mixvae.tracking.uri import resolve_tracking_uri
+from mixvae.tracking_uri import resolve_tracking_uri
 
 
 def open_seed_group(loaded, cli_uri: str | None, experiment_from_cli: bool, seeds: list[int]) -> MlflowWriter:

@@ -1,4 +1,4 @@
-"""Tracking URI precedence and rule K1.
+"""Where runs are tracked: the tracking URI precedence and its check (also used by config validation).
 
 This module does not import mlflow: `mixvae validate` calls it and must stay fast.
 """
