@@ -302,3 +302,19 @@ def direction(name: str) -> str:
     """Direction of a bare or prefixed key ('none' when unknown)."""
     name = name.split("/", 1)[-1]
     return KEYS[name].direction if name in KEYS else "none"
+
+
+def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    """Whether ``value`` improves on ``best`` by more than ``min_delta`` in the key's direction.
+
+    ``mode`` is 'min' (smaller is better) or 'max' (larger is better; any mode other than 'min' is
+    read as 'max', as early stopping always did). With no best yet (``None``)
+    every value improves. A NaN value or best never improves (every comparison with NaN is false).
+    Early stopping, the curriculum's plateau test and the report's "still improving" diagnosis all
+    use this one rule.
+    """
+    if best is None:
+        return True
+    if mode == "min":
+        return value < best - min_delta
+    return value > best + min_delta
