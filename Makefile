@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 export JAX_PLATFORMS ?= cpu
+# Python's bytecode caches go inside the virtual environment, not beside the sources: after `make test`
+# the repository holds no new file besides .venv (CI checks `git status --ignored`).
+export PYTHONPYCACHEPREFIX ?= $(abspath $(VENV))/pycache
 
 .PHONY: run test bench quality install dev clean
 

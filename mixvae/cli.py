@@ -73,12 +73,19 @@ def _fail(state: State, message: str, code: int) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", message=_versions())
 @click.option("--tracking-uri", default=None, help="Tracking URI for this command (beats MLFLOW_TRACKING_URI).")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False),
+              help="Working directory for checkpoints, reports and the default local store "
+                   "(default: $MIXVAE_WORKDIR, else the current directory).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.pass_context
-def main(ctx, tracking_uri, verbose, quiet):
+def main(ctx, tracking_uri, workdir, verbose, quiet):
     """mixvae: responsibility-conditioned mixture VAEs, tracked in MLflow."""
     _quiet_env()
+    if workdir:
+        from mixvae import paths
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        os.environ[paths.ENV_VAR] = str(Path(workdir).resolve())
     ctx.obj = State(tracking_uri, verbose, quiet)
 
 
@@ -393,6 +400,7 @@ def report(state: State, run_id, out_dir, no_upload, no_html):
 def compare(state: State, runs, out_dir, baseline, metrics):
     """Build COMPARE.md for two or more runs."""
     from mixvae.report import build_compare, default_compare_dir
+    from mixvae.paths import under_work_dir
     from mixvae.tracking.record import load_run
     from mixvae.tracking_uri import resolve_tracking_uri
     from mixvae.tracking.writer import RunNotFound, TrackingError
@@ -420,7 +428,7 @@ def compare(state: State, runs, out_dir, baseline, metrics):
             _fail(state, f"--baseline {baseline}: not one of the compared runs", EXIT_USAGE)
         base = matches[0]
     keys = [k.strip() for k in metrics.split(",")] if metrics else None
-    out = Path(out_dir) if out_dir else Path(default_compare_dir([r.run_id for r in records]))
+    out = Path(out_dir) if out_dir else under_work_dir(default_compare_dir([r.run_id for r in records]))
     try:
         path = build_compare(records, out, baseline=base, metrics=keys)
     except Exception as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
+from mixvae.paths import default_store_uri
+
 SOURCE_CLI = "--tracking-uri"
 SOURCE_ENV = "MLFLOW_TRACKING_URI"
 SOURCE_CONFIG = "tracking.uri"
@@ -17,16 +19,18 @@ SOURCE_DEFAULT = "default"
 _SCHEMELESS_URIS = {"databricks", "databricks-uc", "uc"}
 
 
-def default_tracking_uri(cwd: str | None = None) -> str:
-    """MLflow's own default store: `mlflow.db` in the current directory (absolute path)."""
-    directory = os.path.abspath(cwd if cwd is not None else os.getcwd())
-    return f"sqlite:///{directory}/mlflow.db"
+def default_tracking_uri(directory: str | None = None) -> str:
+    """MLflow's own default store, `mlflow.db`, in `directory` or else in mixvae's working directory
+    (`$MIXVAE_WORKDIR`, else the current directory); an absolute path."""
+    if directory is None:
+        return default_store_uri()
+    return f"sqlite:///{os.path.abspath(directory)}/mlflow.db"
 
 
 def resolve_tracking_uri(cli_uri: str | None, cfg_uri: str | None) -> tuple[str, str]:
     """Return (uri, where it came from); first match wins.
 
-    `--tracking-uri` → `MLFLOW_TRACKING_URI` → `tracking.uri` → `sqlite:///<cwd>/mlflow.db`.
+    `--tracking-uri` → `MLFLOW_TRACKING_URI` → `tracking.uri` → `sqlite:///<working dir>/mlflow.db`.
     Empty strings count as "not given".
     """
     if cli_uri:
@@ -50,7 +54,7 @@ def is_file_store(uri: str) -> bool:
 
 
 def check_uri(uri: str) -> str | None:
-    """Rule K1: the message when `uri` names a file store, else None."""
+    """The message when `uri` names a file store (MLflow 3 dropped them), else None."""
     if not is_file_store(uri):
         return None
     return (

@@ -6,6 +6,8 @@
   experiment (MLFLOW_EXPERIMENT_NAME, also the `experiment_name` fixture).
 - `sqlite_store_template` / `local_store`: a fresh local `mlflow.db` per test without paying
   MLflow's first-initialisation cost each time; `local_store` also chdirs into the test directory.
+- `hermetic_work_dir` (every test): the test's temporary directory is the current directory and
+  mixvae's working directory (MIXVAE_WORKDIR), so no test writes into the repository.
 - `jax_cpu` / `subprocess_env`: JAX_PLATFORMS=cpu for subprocesses (and an env with the repository
   on PYTHONPATH).
 
@@ -29,6 +31,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("hermetic", database=None)  # no .hypothesis/ folder in the repository
+settings.load_profile("hermetic")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -122,6 +128,14 @@ class MlflowServer:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
+
+
+@pytest.fixture(autouse=True)
+def hermetic_work_dir(tmp_path, monkeypatch) -> Path:
+    """Every output location derives from MIXVAE_WORKDIR; each test gets its own, and runs in it."""
+    monkeypatch.setenv("MIXVAE_WORKDIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")
