@@ -3,16 +3,19 @@ plain line per epoch elsewhere, and a copy of every line for the run's ``logs/tr
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    m, s = divmod(seconds, 60)
-    h, m = divmod(m, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+def _new_progress(stream):
+    """A transient one-line rich progress bar on `stream`: label, done/total, bar, %, elapsed<ETA, suffix."""
+    from rich.console import Console as RichConsole
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(bar_width=26),
+                    TaskProgressColumn(), TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(),
+                    TextColumn("{task.fields[suffix]}"),
+                    console=RichConsole(file=stream, force_terminal=True), transient=True, auto_refresh=False)
 
 
 class Console:
@@ -22,7 +25,9 @@ class Console:
         self.verbose = verbose
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.lines: list[str] = []       # what goes to logs/train.log
-        self._bar_shown = False
+        self._progress = None  # a rich Progress while a bar is drawn
+        self._task = None
+        self._task_label: str | None = None
 
     # --- plain lines -----------------------------------------------------------------------------
 
@@ -45,20 +50,18 @@ class Console:
     # --- progress -----------------------------------------------------------------------------------
 
     def bar(self, done: int, total: int, started: float, label: str, suffix: str = "") -> None:
-        """Redraw one progress bar in place (terminals only)."""
+        """Redraw one progress bar in place (terminals only), drawn by rich; `started` is kept for the
+        callers' interface, rich measures elapsed time and the ETA itself."""
         if self.quiet or not self.tty:
             return
-        elapsed = time.perf_counter() - started
-        eta = elapsed / done * (total - done) if done else 0.0
-        width = 26
-        filled = int(width * done / max(total, 1))
-        pct = int(100 * done / max(total, 1))
-        text = (f"{label} {done}/{total} {'█' * filled}{'░' * (width - filled)} {pct:3d}% "
-                f"{_fmt_time(elapsed)}<{_fmt_time(eta)}  {suffix}")
-        cols = shutil.get_terminal_size((120, 20)).columns
-        self.stream.write("\r" + text[: cols - 1].ljust(cols - 1))
-        self.stream.flush()
-        self._bar_shown = True
+        if self._progress is None or self._task_label != label:
+            self._clear_bar()
+            self._progress = _new_progress(self.stream)
+            self._task = self._progress.add_task(label, total=total, suffix="")
+            self._task_label = label
+            self._progress.start()
+        self._progress.update(self._task, completed=done, total=total, suffix=suffix)
+        self._progress.refresh()
 
     def epoch_line(self, text: str) -> None:
         """The plain per-epoch line, printed only where no bar is drawn; always kept for the log."""
@@ -71,11 +74,10 @@ class Console:
         self._clear_bar()
 
     def _clear_bar(self) -> None:
-        if self._bar_shown:
-            cols = shutil.get_terminal_size((120, 20)).columns
-            self.stream.write("\r" + " " * (cols - 1) + "\r")
-            self.stream.flush()
-            self._bar_shown = False
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task_label = None
 
     def log_text(self) -> str:
         return "\n".join(self.lines) + "\n"
