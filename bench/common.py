@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts (SPEC §15).
+"""Shared helpers of the benchmark scripts: the JSON result lines, the machine, fresh directories.
 
 Every script prints one JSON line per measurement on stdout —
 `{"bench", "config", "metric", "value", "unit", "target", "limit", "machine"}` — and exits 1 when a
@@ -129,26 +129,37 @@ def header(bench: str) -> None:
 # ---- places --------------------------------------------------------------------------------------
 
 
+WORKDIR_VAR = "MIXVAE_WORKDIR"  # mixvae's working directory: checkpoints, reports, the default store
+
+
 @contextlib.contextmanager
 def fresh_dir(prefix: str = "mixvae-bench-", chdir: bool = True) -> Iterator[Path]:
-    """A new empty temporary directory, made the working directory while the block runs (so a
-    local MLflow store, reports and checkpoints land there), removed afterwards."""
-    old = Path.cwd()
+    """A new empty temporary directory, made the current directory and mixvae's working directory
+    (MIXVAE_WORKDIR) while the block runs (so a local MLflow store, reports and checkpoints land
+    there), removed afterwards."""
+    old, old_workdir = Path.cwd(), os.environ.get(WORKDIR_VAR)
     with tempfile.TemporaryDirectory(prefix=prefix) as name:
         path = Path(name)
         if chdir:
             os.chdir(path)
+            os.environ[WORKDIR_VAR] = str(path)
         try:
             yield path
         finally:
             if chdir:
                 os.chdir(old)
+                if old_workdir is None:
+                    os.environ.pop(WORKDIR_VAR, None)
+                else:
+                    os.environ[WORKDIR_VAR] = old_workdir
 
 
 def child_env(directory: Path) -> dict[str, str]:
-    """Environment of a `mixvae` subprocess: this one's, with a new local sqlite store in
-    `directory` and the repository importable even when mixvae is not installed."""
+    """Environment of a `mixvae` subprocess: this one's, with `directory` as mixvae's working
+    directory, a new local sqlite store in it, and the repository importable even when mixvae is not
+    installed."""
     env = dict(os.environ)
+    env[WORKDIR_VAR] = str(directory)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{directory / 'mlflow.db'}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")

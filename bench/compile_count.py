@@ -1,4 +1,4 @@
-"""P7 (SPEC §15, §7.10): one compilation per compiled function per run.
+"""Compile count: one compilation per compiled function per run.
 
     python bench/compile_count.py [--quick] [--gpu]
 
@@ -6,14 +6,15 @@ With `jax_log_compiles` on, JAX logs "Finished XLA compilation of jit(NAME)" for
 this script counts those per trainer for the three compiled functions (`epoch`, `evaluate`,
 `diagnostics`) and every other compilation that happens while `run()` trains. Scenarios:
 
-1. curriculum (`curriculum.yaml` with a fast plateau rule so channels unlock, kicks at T = 5, Gumbel
+1. curriculum (`curriculum.yaml` with a fast plateau rule so components unlock, kicks at T = 5, Gumbel
    temperature annealing, KL warm-up), 6 epochs; then
 2. resume: a fresh trainer, `restore_last` of scenario 1's `last` checkpoint, compile, train to 12;
 3. τ classifier (`tau_semisupervised.yaml`, τ updates every step, KL warm-up) with early stopping
    (patience 2).
 
 Each scenario must show exactly 1 compilation of each function (target and hard limit).
-Compilations of anything else during training are reported too (SPEC §7.10: none expected).
+Compilations of anything else during training are reported too (none expected: a changing schedule,
+mask or temperature enters the compiled functions as an array, never as a new shape).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""P2 (SPEC §15): compile time of the epoch, evaluation and diagnostics functions for quick.yaml.
+"""Compile time of the epoch, evaluation and diagnostics functions for quick.yaml.
 
     python bench/compile_time.py [--repeats 1] [--config quick] [--gpu]
 

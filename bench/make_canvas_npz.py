@@ -1,5 +1,5 @@
 """Write the 28×28 benchmark data set: scikit-learn's digits on a 28×28 canvas, as an npz with
-`images` [N, 28, 28] uint8 and `labels` [N] int64 (the SPEC §4.1 npz contract).
+`images` [N, 28, 28] uint8 and `labels` [N] int64 (the npz layout of docs/user-guide.md).
 
     python bench/make_canvas_npz.py --out bench/data/canvas.npz [--mode upscale|centre]
                                     [--copies 4] [--seed 0]

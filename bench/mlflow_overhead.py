@@ -1,12 +1,12 @@
-"""P6 (SPEC §15): MLflow overhead during training — epoch-loop wall time with the MLflow writer vs
+"""MLflow overhead during training — epoch-loop wall time with the MLflow writer vs
 the in-memory writer, same seed, same epochs.
 
     python bench/mlflow_overhead.py [--epochs 30] [--repeats 2] [--quick] [--gpu]
 
 `quick.yaml` with patience off trains `--epochs` epochs once with `MemoryWriter` and once with the
 MLflow writer (a new sqlite store in a temporary directory), `--repeats` times in alternating order,
-after one short unmeasured warm-up run with each writer; the compared figure is the median of `trainer.timings["epochs"]` (the epoch loop: training, validation,
-metrics, logging, checkpoints). Overhead = (MLflow − memory) / memory; target ≤ 5 %, hard limit 10 %.
+after one short unmeasured warm-up run with each writer; the compared figure is the median of
+`trainer.timings["epochs"]` (the epoch loop: training, validation, metrics, logging, checkpoints). Overhead = (MLflow − memory) / memory; target ≤ 5 %, hard limit 10 %.
 
 Also reported: the time the training thread spent inside writer calls (the MLflow writer only
 enqueues), and the time the writer's background thread spent in MLflow calls during the loop, each

@@ -1,4 +1,4 @@
-"""P5 and P8 (SPEC §15): `mixvae train --config configs/quick.yaml` end to end, and its peak memory.
+"""End-to-end time and peak memory: `mixvae train --config configs/quick.yaml` from process start to exit.
 
     python bench/quick_e2e.py [--config configs/quick.yaml] [--gpu]
 
@@ -9,7 +9,7 @@ line that `-v` prints on stderr gives data, store, compile, epochs, final evalua
 the run). Peak resident memory is `training.peak_rss_mb` of the run (read from the sqlite store) and
 the child's ru_maxrss.
 
-P5: wall time target ≤ 60 s, hard limit 90 s. P8: peak RSS target ≤ 1.5 GB, hard limit 2.5 GB.
+End-to-end wall time: target ≤ 60 s, hard limit 90 s. Peak RSS: target ≤ 1.5 GB, hard limit 2.5 GB.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
-"""Run every benchmark of SPEC §15, one after the other (`make bench`).
+"""Run every speed and memory benchmark, one after the other (`make bench`).
 
     python bench/run_all.py [--quick] [--gpu] [--only NAME ...] [--skip NAME ...] [--out FILE]
 
-Order: validate_time (P1), compile_time (P2), throughput (P3, P4), quick_e2e (P5, P8),
-mlflow_overhead (P6), compile_count (P7), throughput --config mnist_conv (P9), throughput --heavy.
+Order: validate_time (validate time), compile_time (compile time), throughput (quick throughput and
+the top-M speed-up), quick_e2e (end-to-end time and peak memory), mlflow_overhead (MLflow overhead),
+compile_count (compile count), throughput --config mnist_conv (mnist_conv epoch time),
+throughput --heavy (the heavy setting).
 Each script's JSON lines pass through to stdout (and to `--out` when given); the exit status is 1
 when any script exited non-zero (a hard limit exceeded, or a failure), else 0.
 
-On a CPU, P9 runs with `--quick` (a 2 000-image pool; the full MNIST epoch is extrapolated) and the
-heavy setting's full-decoding case is measured on one step and extrapolated; see bench/README.md.
+On a CPU, the mnist_conv measurement runs with `--quick` (a 2 000-image pool; the full MNIST epoch
+is extrapolated) and the heavy setting's full-decoding case is measured on one step and extrapolated;
+see bench/README.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,19 @@
-"""P3, P4, P9 and the heavy setting (SPEC §15): training throughput after compilation.
+"""Training throughput after compilation: quick steps/s, top-M speed-up, mnist_conv and heavy epochs.
 
-    python bench/throughput.py                     P3 and P4
-    python bench/throughput.py --config mnist_conv P9 (mnist_conv steps/s and epoch time)
+    python bench/throughput.py                     quick throughput and the top-M speed-up
+    python bench/throughput.py --config mnist_conv mnist_conv steps/s and epoch time
     python bench/throughput.py --heavy             the heavy 28×28 setting, full and top-2 decoding
     options: --epochs N, --quick (fewer epochs / a smaller pool), --gpu (JAX's default backend)
 
-- P3: `quick.yaml` for 30 epochs (patience off), `training.steps_per_sec` of the run (train steps /
-  time inside the compiled epoch function). Target ≥ 150 steps/s, hard limit ≥ 100.
-- P4: `mnist_conv.yaml`'s model (K = 10, conv encoder/decoder [16, 32, 64]) on the 28×28 canvas data
-  (bench/make_canvas_npz.py), batch 64, a 600-image pool (300 with --quick), one epoch each of
-  `top_m_gating: 2` and `0`; the ratio of steps/s. Target ≥ 3×, hard limit ≥ 2×.
-- P9: `mnist_conv.yaml` as shipped. Real MNIST files are used when $MIXVAE_DATA_DIR or the cache holds
-  them; otherwise an MNIST-sized IDX directory (60 000 + 10 000 canvas digits with shifted copies)
-  stands in. Reported only (no limit). `--quick` caps the pool at 2 000 images (1 000 test images)
-  and extrapolates the training part of the full epoch from the measured steps/s.
+- quick throughput: `quick.yaml` for 30 epochs (patience off), `training.steps_per_sec` of the run
+  (train steps / time inside the compiled epoch function). Target ≥ 150 steps/s, hard limit ≥ 100.
+- top-M speed-up: `mnist_conv.yaml`'s model (K = 10, conv encoder/decoder [16, 32, 64]) on the 28×28
+  canvas data (bench/make_canvas_npz.py), batch 64, a 600-image pool (300 with --quick), one epoch each
+  of `top_m_gating: 2` and `0`; the ratio of steps/s. Target ≥ 3×, hard limit ≥ 2×.
+- mnist_conv epoch time: `mnist_conv.yaml` as shipped. Real MNIST files are used when $MIXVAE_DATA_DIR
+  or the cache holds them; otherwise an MNIST-sized IDX directory (60 000 + 10 000 canvas digits with
+  shifted copies) stands in. Reported only (no limit). `--quick` caps the pool at 2 000 images (1 000
+  test images) and extrapolates the training part of the full epoch from the measured steps/s.
 - heavy: 28×28 canvas digits, 1 293 training images (val/test fractions 0.14), conv encoder/decoder
   `[32, 64, 128]`, mixture, decentralized, K = 20, D = 2, CIN with E = 32, straight-through Gumbel
   routing, heteroscedastic MSE, batch 128; `top_m_gating: 2` for one real epoch after compilation, and
@@ -75,25 +75,25 @@ def load(name_or_path: str, overrides: list[str], raw: dict | None = None):
     return loaded
 
 
-# ---- P3 --------------------------------------------------------------------------------------------
+# ---- quick throughput ------------------------------------------------------------------------------
 
 
-def bench_p3(results: common.Results, tmp: Path, epochs: int) -> None:
+def bench_quick_throughput(results: common.Results, tmp: Path, epochs: int) -> None:
     loaded = load("quick", [f"training.max_epochs={epochs}", "training.patience=null"])
-    r = train_for(loaded, tmp / "p3")
+    r = train_for(loaded, tmp / "quick")
     config = f"quick ({epochs} epochs, {r['steps_per_epoch']} steps/epoch, patience off)"
     results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s", ">= 150", ">= 100")
     results.emit(config, "epoch_time", r["epoch_s"], "s/epoch",
                  note="wall time per epoch: train steps, validation, logging, checkpoint")
 
 
-# ---- P4 --------------------------------------------------------------------------------------------
+# ---- top-M speed-up --------------------------------------------------------------------------------
 
 
-P4_BATCH = 64
+TOP_M_BATCH = 64
 
 
-def bench_p4(results: common.Results, tmp: Path, epochs: int, quick: bool) -> None:
+def bench_top_m_speedup(results: common.Results, tmp: Path, epochs: int, quick: bool) -> None:
     # Batch 64 and a 600-image pool (480 training images, 7 steps per epoch): decoding all ten
     # components through the conv decoder is slow on a 2-core CPU (see docs/performance.md).
     npz = common.canvas_npz(tmp)
@@ -101,13 +101,13 @@ def bench_p4(results: common.Results, tmp: Path, epochs: int, quick: bool) -> No
     rates = {}
     for m in (2, 0):
         loaded = load("mnist_conv", ["data.dataset=npz", f"data.path={npz}", f"data.num_samples={pool}",
-                                     f"model.top_m_gating={m}", f"training.batch_size={P4_BATCH}",
+                                     f"model.top_m_gating={m}", f"training.batch_size={TOP_M_BATCH}",
                                      f"training.max_epochs={epochs}", "training.patience=null"])
-        r = train_for(loaded, tmp / f"p4-top{m}")
+        r = train_for(loaded, tmp / f"top{m}")
         rates[m] = r["steps_per_sec"]
         what = "all 10 decoded" if m == 0 else "top-2"
         config = (f"mnist_conv model on canvas npz (pool {pool}, train {r['n_train']}), top_m_gating {m} "
-                  f"({what}), batch {P4_BATCH}, {r['epochs']} epoch(s) × {r['steps_per_epoch']} steps")
+                  f"({what}), batch {TOP_M_BATCH}, {r['epochs']} epoch(s) × {r['steps_per_epoch']} steps")
         results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s")
         results.emit(config, "compile_time", r["compile_s"], "s")
         results.emit(config, "peak_rss", r["peak_rss_mb"], "MiB",
@@ -116,7 +116,7 @@ def bench_p4(results: common.Results, tmp: Path, epochs: int, quick: bool) -> No
                  rates[2] / rates[0], "x", ">= 3", ">= 2")
 
 
-# ---- P9 --------------------------------------------------------------------------------------------
+# ---- mnist_conv epoch time -------------------------------------------------------------------------
 
 
 MNIST_TRAIN, MNIST_TEST = 60_000, 10_000
@@ -139,7 +139,7 @@ def mnist_sized_idx(directory: Path, n_test: int = MNIST_TEST) -> Path:
     return directory
 
 
-def bench_p9(results: common.Results, tmp: Path, epochs: int, quick: bool) -> None:
+def bench_mnist_conv(results: common.Results, tmp: Path, epochs: int, quick: bool) -> None:
     from validate_time import has_mnist_files, mnist_dirs
 
     overrides = [f"training.max_epochs={epochs}", "training.patience=null"]
@@ -155,7 +155,7 @@ def bench_p9(results: common.Results, tmp: Path, epochs: int, quick: bool) -> No
         overrides.append("data.num_samples=2000")
         source += ", pool capped at 2 000"
     loaded = load("mnist_conv", overrides)
-    r = train_for(loaded, tmp / "p9")
+    r = train_for(loaded, tmp / "mnist_conv")
     config = (f"mnist_conv ({source}; train {r['n_train']}, {r['steps_per_epoch']} steps/epoch, "
               f"{r['epochs']} epoch(s))")
     results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s", "reported")
@@ -233,7 +233,8 @@ def bench_heavy(results: common.Results, tmp: Path, epochs: int, which: list[int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=("quick", "mnist_conv"), default=None,
-                        help="mnist_conv: P9 only; quick or nothing: P3 and P4")
+                        help="mnist_conv: its epoch time only; quick or nothing: quick throughput and the "
+                             "top-M speed-up")
     parser.add_argument("--heavy", action="store_true", help="the heavy 28×28 setting only")
     parser.add_argument("--top-m", type=int, nargs="*", default=[2, 0],
                         help="heavy: which top_m_gating values to run (0 = all decoded)")
@@ -251,10 +252,10 @@ def main() -> None:
         if args.heavy:
             bench_heavy(results, tmp, args.epochs or 1, args.top_m, args.full_steps)
         elif args.config == "mnist_conv":
-            bench_p9(results, tmp, args.epochs or (1 if args.quick else 2), args.quick)
+            bench_mnist_conv(results, tmp, args.epochs or (1 if args.quick else 2), args.quick)
         else:
-            bench_p3(results, tmp, args.epochs or (10 if args.quick else 30))
-            bench_p4(results, tmp, args.epochs or 1, args.quick)
+            bench_quick_throughput(results, tmp, args.epochs or (10 if args.quick else 30))
+            bench_top_m_speedup(results, tmp, args.epochs or 1, args.quick)
     results.finish()
 
 

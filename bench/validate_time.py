@@ -1,4 +1,4 @@
-"""P1 (SPEC §15): `mixvae validate` on each shipped config, wall time including interpreter start.
+"""Validate time: `mixvae validate` on each shipped config, wall time including interpreter start.
 
     python bench/validate_time.py [--repeats 3] [--quick] [--gpu]
 
