@@ -57,13 +57,13 @@ class TimedWriter:
 
 class BackgroundClock:
     """Adds up the time the MLflow writer's background thread spends in MLflow calls, by wrapping
-    `mixvae.tracking.mlflow_run.with_retries` (every queued call goes through it)."""
+    `mixvae.tracking.mlflow_writer.MlflowWriter._run` (every submitted call goes through it)."""
 
     def __init__(self):
-        from mixvae.tracking import mlflow_run
+        from mixvae.tracking.mlflow_writer import MlflowWriter
 
-        self.module = mlflow_run
-        self.original = mlflow_run.with_retries
+        self.module = MlflowWriter
+        self.original = MlflowWriter._run
         self.seconds = 0.0
         self.lock = threading.Lock()
         self.counting = False
@@ -79,11 +79,11 @@ class BackgroundClock:
                 if self.counting:
                     with self.lock:
                         self.seconds += time.perf_counter() - t0
-        self.module.with_retries = timed
+        self.module._run = timed
         return self
 
     def __exit__(self, *exc):
-        self.module.with_retries = self.original
+        self.module._run = self.original
 
 
 def one_run(kind: str, epochs: int, tmp: Path, index: int) -> dict:

@@ -1,4 +1,4 @@
-"""The logged pyfunc model (SPEC §12.7–12.9): import hygiene, log → register → load by alias →
+"""The logged pyfunc model: import hygiene, log → register → load by alias →
 predict, and serving with `mlflow models serve`."""
 
 from __future__ import annotations

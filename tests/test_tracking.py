@@ -1,4 +1,5 @@
-"""mixvae.tracking against a real MLflow server (SPEC §12, §11.1, §2.6) and a local sqlite store."""
+"""mixvae.tracking against a real MLflow server (runs, the writer, reading runs back, listing) and a
+local sqlite store."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_uri_precedence(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("uri", ["file:./mlruns", "file:///tmp/mlruns", "./mlruns", "mlruns", "/abs/mlruns",
                                  "C:\\mlruns"])
-def test_k1_rejects_file_stores(uri):
+def test_file_stores_are_rejected(uri):
     message = check_uri(uri)
     assert message is not None
     assert "file stores are not supported; use sqlite:///path/mlflow.db or a server" in message
@@ -43,7 +44,7 @@ def test_k1_rejects_file_stores(uri):
 
 @pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "sqlite:////abs/mlflow.db", "http://127.0.0.1:5000",
                                  "https://mlflow.example.org", "postgresql://u:p@db/mlflow", "databricks"])
-def test_k1_accepts_database_and_server_uris(uri):
+def test_database_and_server_uris_are_accepted(uri):
     assert check_uri(uri) is None
 
 
@@ -365,20 +366,20 @@ def test_upload_dir_replaces_earlier_versions(tracking_uri, tmp_path):
 
 
 @pytest.mark.server
-def test_failing_call_is_retried_then_surfaces_in_check(tracking_uri):
+def test_failing_call_surfaces_in_check(tracking_uri):
+    """A call the store refuses is the run's tracking failure, reported with the store's own reason
+    and the call it failed on; later calls are skipped."""
     from mixvae.tracking import open_run
 
-    writer = open_run(uri=tracking_uri, run_name="doomed", retries=3, backoff=0.01)
+    writer = open_run(uri=tracking_uri, run_name="doomed")
     writer.check()
     _client(tracking_uri).delete_run(writer.run_id)  # the store now refuses every write to it
-    started = time.monotonic()
     writer.log_epoch(1, {"train/loss.total": 1.0})
-    writer.log_epoch(2, {"train/loss.total": 2.0})  # dropped after the failure
+    writer.log_epoch(2, {"train/loss.total": 2.0})  # skipped after the failure
     assert writer.flush(timeout=60)
-    expected = r"^tracking failure: log_batch of epoch 1 failed after 3 retries: INVALID_PARAMETER_VALUE"
+    expected = r"^tracking failure: log_batch of epoch 1 failed: INVALID_PARAMETER_VALUE"
     with pytest.raises(TrackingError, match=expected):
         writer.check()
-    assert time.monotonic() - started < 30
     # The store refuses the final status too: reported, not raised.
     assert writer.set_status("FAILED", "tracking failure") is False
     writer.close()

@@ -4,12 +4,15 @@ Names are imported lazily, so `from mixvae.tracking import MemoryWriter` never i
 The tracking URI's precedence and check live below this package, in `mixvae/tracking_uri.py`
 (config validation uses them too).
 
-- writer.py       RunWriter protocol, MemoryWriter, TrackingError, RunNotFound
-- mlflow_run.py   open_run, MlflowWriter (background thread), upload_dir
-- record.py       RunRecord, load_run, resolve_run_id
-- model_logging   log_model (models-from-code), register, make_data_meta
-- pyfunc_model.py the file MLflow loads the model from
-- listing.py      `mixvae runs`
+- writer.py        RunWriter protocol, MemoryWriter, TrackingError, RunNotFound
+- connection.py    connect (fails fast when the store does not answer), mixvae's MLflow settings
+- mlflow_run.py    open_run: create or attach to a run (MLflow's own run and experiment rules)
+- mlflow_writer.py MlflowWriter: the loop's MLflow calls, in order, on one worker thread
+- artifacts.py     download_artifact, upload_dir
+- record.py        RunRecord, load_run, resolve_run_id
+- model_logging.py log_model (models-from-code), register, make_data_meta
+- pyfunc_model.py  the file MLflow loads the model from
+- listing.py       `mixvae runs`
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ _EXPORTS = {
     "TrackingError": "writer",
     "RunNotFound": "writer",
     "open_run": "mlflow_run",
-    "MlflowWriter": "mlflow_run",
-    "upload_dir": "mlflow_run",
-    "connect": "mlflow_run",
-    "prepare_mlflow": "mlflow_run",
+    "MlflowWriter": "mlflow_writer",
+    "upload_dir": "artifacts",
+    "connect": "connection",
+    "prepare_mlflow": "connection",
     "RunRecord": "record",
     "load_run": "record",
     "resolve_run_id": "record",

@@ -4,12 +4,16 @@ read side of `mixvae train --resume`."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixvae.tracking.mlflow_run import connect, download_artifact, with_retries
+from mixvae.tracking.artifacts import download_artifact
+from mixvae.tracking.connection import connect, short_reason
 from mixvae.tracking.record import resolve_run_id
 from mixvae.tracking_uri import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 def log_validation_run(run_id: str, *, config_yaml: str | None, input_text: str | None, validation: dict) -> None:
@@ -26,14 +30,17 @@ def log_validation_run(run_id: str, *, config_yaml: str | None, input_text: str 
 
 def log_entry_point_files(run_id: str, uri: str, paths: list[Path], *, kind: str,
                           extra_tags: dict[str, str] | None = None) -> None:
-    """Under `mlflow run -e report|compare`: log the produced files to the entry point's own run."""
+    """Under `mlflow run -e report|compare`: log the produced files to the entry point's own run
+    (best effort: the files are already on disk, so a failed upload is only logged)."""
     client = connect(uri)
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            with_retries(f"upload {path}", lambda p=path: client.log_artifacts(run_id, str(p), p.name))
-        elif path.exists():
-            with_retries(f"upload {path}", lambda p=path: client.log_artifact(run_id, str(p)))
+    for path in map(Path, paths):
+        try:
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), path.name)
+            elif path.exists():
+                client.log_artifact(run_id, str(path))
+        except Exception as exc:
+            log.warning("upload %s failed: %s", path, short_reason(exc))
     client.set_tag(run_id, "mixvae.kind", kind)
     for key, value in (extra_tags or {}).items():
         client.set_tag(run_id, key, value)

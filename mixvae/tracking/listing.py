@@ -11,7 +11,7 @@ from datetime import datetime
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from mixvae.tracking.mlflow_run import connect
+from mixvae.tracking.connection import connect
 from mixvae.tracking.record import all_experiments as experiments_in
 from mixvae.tracking.writer import RUN_STATUSES
 

@@ -14,7 +14,7 @@ from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-from mixvae.tracking.mlflow_run import connect, short_reason
+from mixvae.tracking.connection import connect, short_reason
 from mixvae.tracking_uri import resolve_tracking_uri
 from mixvae.tracking.writer import TrackingError
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from mixvae.tracking.mlflow_run import connect, short_reason
+from mixvae.tracking.connection import connect, short_reason
 from mixvae.tracking_uri import resolve_tracking_uri
 from mixvae.tracking.writer import RunNotFound, TrackingError
 

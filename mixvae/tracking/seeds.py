@@ -7,7 +7,9 @@ from pathlib import Path
 
 from mixvae import __version__
 from mixvae.config import architecture_code, config_hash
-from mixvae.tracking.mlflow_run import MlflowWriter, connect, open_run
+from mixvae.tracking.connection import connect
+from mixvae.tracking.mlflow_run import open_run
+from mixvae.tracking.mlflow_writer import MlflowWriter
 from mixvae.tracking_uri import resolve_tracking_uri
 
 

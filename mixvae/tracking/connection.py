@@ -1,0 +1,90 @@
+"""Reaching a tracking store: mixvae's MLflow settings for its own process, and `connect`.
+
+`connect(uri)` checks the URI, asks the store once, without retries and with a short timeout,
+whether it answers, and returns an `MlflowClient`; an unreachable store fails fast, before
+training starts. Every later call relies on MLflow's own HTTP retries
+(`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `..._BACKOFF_FACTOR`, `..._TIMEOUT`); mixvae only chooses their
+defaults, and a value the user set wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mixvae.tracking.writer import TrackingError
+from mixvae.tracking_uri import check_uri
+
+FIRST_CONTACT_TIMEOUT_S = 5  # an unreachable store must fail fast, before training starts
+
+# MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) keep retrying for minutes;
+# these ride out about half a minute without the server (waits of 0, 2, 4, 8 and 16 s, plus jitter).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
+
+def prepare_mlflow() -> None:
+    """What mixvae sets for its own process: MLflow's HTTP retry defaults (unless set), no
+    "View run" lines on stdout, no MLflow/SQLAlchemy deprecation warnings on the console, no
+    alembic migration chatter."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    for module in (r"mlflow(\..*)?", r"sqlalchemy(\..*)?", r"alembic(\..*)?"):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def first_contact_settings() -> Iterator[None]:
+    """No HTTP retries and a short timeout while we only ask "is anybody there?"."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(FIRST_CONTACT_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def short_reason(exc: BaseException, limit: int = 400) -> str:
+    """One line naming the exception, for `tracking ... : <reason>` messages."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MlflowException) and not text.startswith(exc.error_code):
+        text = f"{exc.error_code}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for `uri`, after checking quickly that the store answers.
+
+    Raises TrackingError("tracking store not reachable at <uri>: <reason>") otherwise."""
+    problem = check_uri(uri)
+    if problem:
+        raise TrackingError(problem)
+    prepare_mlflow()
+    with first_contact_settings():
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # any failure here means "cannot use this store"
+            raise TrackingError(f"tracking store not reachable at {uri}: {short_reason(exc)}") from exc
+    return client
