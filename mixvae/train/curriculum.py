@@ -1,8 +1,10 @@
-"""Channel curriculum: host-side decisions once per epoch, device-side mask as an array.
+"""Component curriculum: training starts with a few mixture components open and opens one more each
+time the unlock monitor plateaus. Host-side decisions once per epoch; the device sees a mask array.
 
 ``Curriculum.plan(n)`` says how epoch n trains (mask, kick); ``Curriculum.observe(n, v)`` takes the
 unlock monitor after the epoch's validation and decides about plateaus, unlocks, kicks and stops.
-Everything it knows is plain data, so it goes into the ``last`` checkpoint and resumes exactly.
+A plateau is judged by the one improvement rule (``metrics.keys.improves``). Everything it knows is
+plain data, so it goes into the ``last`` checkpoint and resumes exactly.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mixvae.metrics.keys import improves
+
 
 @dataclass
 class EpochPlan:
     active_mask: np.ndarray   # [K] float32
     kick_bias: np.ndarray     # [K] float32
     kick: bool                # this epoch is a kick epoch
-    unlocked: bool            # first epoch of a newly opened channel
+    unlocked: bool            # first epoch of a newly opened component
     k_active: int
 
 
@@ -40,13 +44,13 @@ class Curriculum:
     phase: str = "normal"               # normal | kick | cooldown
     kick_left: int = 0
     cooldown_left: int = 0
-    new_channel: int = -1
+    new_component: int = -1           # the component opened last (-1: none yet)
     best_u: float = math.inf
     wait_u: int = 0
     window: list | None = None          # [first epoch, last epoch, v_before, best inside]
     stopped: bool = False
     stop_reason: str = "none"
-    unlocked_at: int = -1               # epoch from which the newest channel is active
+    unlocked_at: int = -1               # epoch from which the newest component is active
     events: list = field(default_factory=list)
 
     @classmethod
@@ -72,8 +76,8 @@ class Curriculum:
     def plan(self, epoch: int) -> EpochPlan:
         bias = np.zeros(self.num_components, np.float32)
         kick = self.enabled and self.phase == "kick"
-        if kick and self.new_channel >= 0:
-            bias[self.new_channel] = self.kick_bias_value
+        if kick and self.new_component >= 0:
+            bias[self.new_component] = self.kick_bias_value
         return EpochPlan(self.mask(), bias, kick, self.enabled and epoch == self.unlocked_at, self.k_active)
 
     # --- decisions after the epoch's validation -------------------------------------------------------
@@ -86,7 +90,7 @@ class Curriculum:
         if self.phase == "kick":
             self.kick_left -= 1
             if self.kick_left <= 0:
-                self._event(epoch, "kick_end", self.new_channel, value, "")
+                self._event(epoch, "kick_end", self.new_component, value, "")
                 self.phase = "cooldown" if self.cooldown > 0 else "normal"
                 self.cooldown_left = self.cooldown
                 self._open_window(epoch + 1)
@@ -95,7 +99,7 @@ class Curriculum:
             if self.cooldown_left <= 0:
                 self.phase = "normal"
         else:  # plateau tracking only in normal epochs
-            if value < self.best_u - self.min_delta:
+            if improves(value, self.best_u, "min", self.min_delta):
                 self.best_u, self.wait_u = value, 0
             else:
                 self.wait_u += 1
@@ -105,7 +109,7 @@ class Curriculum:
             if first <= epoch <= last:
                 self.window[3] = min(best, value)
             if epoch >= last:
-                paid_off = self.window[3] < v_before - self.min_improvement
+                paid_off = improves(self.window[3], v_before, "min", self.min_improvement)
                 self.window = None
                 if not paid_off and not self.stopped:
                     self._stop(epoch, "no_improvement", value)
@@ -116,13 +120,13 @@ class Curriculum:
         return self.events[before:]
 
     def _unlock(self, epoch: int, value: float) -> None:
-        channel = self.k_active
+        component = self.k_active
         self.k_active += 1
-        self.new_channel = channel
+        self.new_component = component
         self.unlocked_at = epoch
         v_before = self.best_u
         self.best_u, self.wait_u = math.inf, 0
-        self._event(epoch, "unlock", channel, value, "plateau")
+        self._event(epoch, "unlock", component, value, "plateau")
         if self.kick_enabled:
             self.phase, self.kick_left = "kick", self.kick_epochs
             self.window = [math.inf, math.inf, v_before, math.inf]  # opens when the kick ends
@@ -139,9 +143,11 @@ class Curriculum:
         self.stopped, self.stop_reason = True, reason
         self._event(epoch, "stop", None, value, reason)
 
-    def _event(self, epoch, event, channel, value, reason) -> None:
+    def _event(self, epoch, event, component, value, reason) -> None:
+        # "channel" is the field name recorded in curriculum/events.json (the report reads it); it holds
+        # the component the event is about.
         self.events.append({"epoch": int(epoch), "event": event,
-                            "channel": None if channel is None else int(channel),
+                            "channel": None if component is None else int(component),
                             "k_active": int(self.k_active),
                             "monitor_value": None if value is None or not math.isfinite(value) else float(value),
                             "reason": reason})
@@ -155,6 +161,8 @@ class Curriculum:
     @classmethod
     def from_dict(cls, d: dict) -> "Curriculum":
         d = dict(d)
+        if "new_channel" in d:  # checkpoints written before the field was renamed
+            d["new_component"] = d.pop("new_channel")
         for key in ("best_u",):
             if d.get(key) is None:
                 d[key] = math.inf
@@ -165,9 +173,9 @@ class Curriculum:
     def describe(self, event: dict) -> str:
         if event["event"] == "unlock":
             kick = f", kick for {self.kick_epochs} epochs" if self.kick_enabled else ""
-            return f"epoch {event['epoch']}: unlock channel {event['channel']} (k_active {event['k_active']}){kick}"
+            return f"epoch {event['epoch']}: unlock component {event['channel']} (k_active {event['k_active']}){kick}"
         if event["event"] == "kick_end":
-            return f"epoch {event['epoch']}: kick of channel {event['channel']} ended"
+            return f"epoch {event['epoch']}: kick of component {event['channel']} ended"
         return f"epoch {event['epoch']}: curriculum stopped ({event['reason']})"
 
 
