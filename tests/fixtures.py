@@ -4,7 +4,7 @@
   images made from scikit-learn's digits placed on a canvas, labels 0–9.
 - `write_corrupt_idx_dir`: the same with a wrong magic number in the training images.
 - `write_mnist_npz`: the `mnist.npz` alternative (x_train, y_train, x_test, y_test).
-- `write_npz`: a user npz file following the SPEC §4.1 contract, with knobs for bad variants.
+- `write_npz`: a user npz file in the layout docs/user-guide.md describes, with knobs for bad variants.
 - `digits_canvas` / `write_canvas_npz`: digits on a 28×28 canvas, upscaled or centred
   (bench/make_canvas_npz.py writes the benchmark data set with it).
 
@@ -168,7 +168,7 @@ def write_npz(
     extra: dict[str, np.ndarray] | None = None,
     seed: int = 0,
 ) -> Path:
-    """An npz following SPEC §4.1: images [n, *shape] of `dtype` (integer dtypes fill their
+    """An npz in the user guide's layout: images [n, *shape] of `dtype` (integer dtypes fill their
     range, floats lie in [0, 1]); labels balanced over `num_classes` (or the array given);
     `n_test` official test images; `extra` keys written as given."""
     rng = np.random.default_rng(seed)

@@ -1,5 +1,10 @@
-"""End to end: the real `mixvae` CLI in a subprocess against the session's real `mlflow server`
-(SPEC §2.3, §7.7, §7.9, §11, §12). Slow by nature: each training is a whole run, report included."""
+"""End to end: the real `mixvae` CLI in a subprocess against the session's real `mlflow server` —
+training with everything logged and reported, Ctrl-C and resume, a non-finite loss, a seed group
+and compare, an unreachable store. Slow by nature: each training is a whole run, report included.
+
+Every subprocess runs in the test's own working directory (the current directory and MIXVAE_WORKDIR,
+set by the autouse `hermetic_work_dir` fixture), so checkpoints and reports never land in the
+repository."""
 
 from __future__ import annotations
 
@@ -35,9 +40,10 @@ def env(tracking_uri, subprocess_env):
     return dict(subprocess_env)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("e2e")
+@pytest.fixture
+def workdir(hermetic_work_dir):
+    """The test's working directory: the subprocesses' current directory and MIXVAE_WORKDIR."""
+    return hermetic_work_dir
 
 
 def test_train_logs_everything_and_reports(env, workdir, tracking_uri):
@@ -102,7 +108,7 @@ def test_train_logs_everything_and_reports(env, workdir, tracking_uri):
 def test_interrupted_run_is_killed_and_resumes(env, workdir, tracking_uri):
     args = ["train", "-c", "quick", "--set", "model.hidden_dims=[32]", "--set", "training.max_epochs=400",
             "--set", "training.patience=null", "--no-report"]
-    proc = subprocess.Popen([sys.executable, "-m", "mixvae", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "mixvae", *args], env=env, cwd=workdir, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     seen = []
@@ -127,7 +133,7 @@ def test_interrupted_run_is_killed_and_resumes(env, workdir, tracking_uri):
     assert done_epochs >= 3
 
     target = done_epochs + 2
-    resumed = mixvae(["train", "--resume", run_id, "--set", f"training.max_epochs={target}"], env, REPO)
+    resumed = mixvae(["train", "--resume", run_id, "--set", f"training.max_epochs={target}"], env, workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -135,7 +141,7 @@ def test_interrupted_run_is_killed_and_resumes(env, workdir, tracking_uri):
     steps = sorted({m.step for m in client.get_metric_history(run_id, "val/loss.total")})
     assert steps == list(range(1, target + 1))
 
-    bad = mixvae(["train", "--resume", run_id, "--set", "model.latent_dim=3"], env, REPO)
+    bad = mixvae(["train", "--resume", run_id, "--set", "model.latent_dim=3"], env, workdir)
     assert bad.returncode == 2 and "model.latent_dim" in bad.stderr
 
 

@@ -1,5 +1,10 @@
-"""The MLflow Project (SPEC §12.10): pins agree, and `mlflow run . --env-manager local` works for the
-validate and main entry points against the real test server; the registered model predicts."""
+"""The MLflow Project (MLproject and conda.yaml): pins agree, and `mlflow run . --env-manager local`
+works for the validate and main entry points against the real test server; the registered model
+predicts.
+
+`mlflow run` starts the entry point in the project directory (the repository); its outputs go to the
+test's MIXVAE_WORKDIR (set by the autouse `hermetic_work_dir` fixture and passed on in the
+environment), never into the repository."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def test_conda_pins_equal_pyproject_pins():
     assert all("==" in dep for dep in project["dependencies"])
 
 
-def test_mlproject_entry_points_match_the_spec():
+def test_mlproject_entry_points_and_parameters():
     spec = yaml.safe_load((REPO / "MLproject").read_text())
     points = spec["entry_points"]
     assert set(points) == {"main", "train", "validate", "report", "compare"}
@@ -38,8 +43,10 @@ def test_mlproject_entry_points_match_the_spec():
 
 
 def mlflow_run(args, env, timeout=600):
+    """`mlflow run <repository>` from the test's working directory (the entry point itself runs in the
+    repository, as `mlflow run` does for a local project)."""
     return subprocess.run(["mlflow", "run", str(REPO), "--env-manager", "local", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -76,6 +83,9 @@ def test_mlflow_run_main_trains_registers_and_predicts(tracking_uri, experiment_
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/loss.total")) == [1, 2]
     assert run.data.tags["mixvae.registered_model"].startswith(f"{name}/1@candidate")
     assert "REPORT.html" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # The entry point ran in the repository, but its checkpoints and report went to the working directory.
+    assert not (REPO / "reports" / run.info.run_id).exists()
+    assert not (REPO / ".mixvae" / "checkpoints" / run.info.run_id).exists()
 
     import mlflow.pyfunc
     model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
