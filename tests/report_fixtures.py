@@ -2,9 +2,9 @@
 
 Each builder returns what `mixvae.tracking.load_run` would return for a run of that configuration:
 a resolved config.yaml dict, summary.json, bare summary metrics, per-epoch histories, the arrays of
-diagnostics/eval.npz and history.npz (SPEC §9.5), curriculum events and an artifact list. The arrays
-are synthetic but shaped and distributed like a digits run: labels 0–9, clustered latents, peaked
-responsibilities, 8×8 images in [0, 1].
+diagnostics/eval.npz and history.npz (as the trainer writes them), curriculum events and an artifact
+list. The arrays are synthetic but shaped and distributed like a digits run: labels 0–9, clustered
+latents, peaked responsibilities, 8×8 images in [0, 1].
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class Scenario:
     stopped_early: bool = True
     with_diagnostics: bool = True
     labeled_split: bool = True
-    active_channels: int | None = None      # curriculum: channels open at the best epoch
+    active_components: int | None = None    # curriculum: components open at the best epoch
     seed: int = 0
     run_id: str | None = None
 
@@ -150,7 +150,7 @@ def build_record(sc: Scenario) -> RunRecord:
     gumbel = m["use_gumbel_softmax"]
     hetero = m["use_heteroscedastic_decoder"]
     use_tau = m["use_tau_classifier"]
-    k_best = sc.active_channels or K
+    k_best = sc.active_components or K
     active = np.zeros(K, dtype=bool)
     active[:k_best] = True
     run_id = sc.run_id or _run_id(sc.name, sc.seed)
@@ -159,7 +159,7 @@ def build_record(sc: Scenario) -> RunRecord:
     N = N_SPLIT
     labels = rng.integers(0, C, N) if sc.labeled_split else np.full(N, -1)
     true_labels = rng.integers(0, C, N) if not sc.labeled_split else labels
-    owner = np.arange(C) % max(k_best, 1)                   # class → preferred open channel
+    owner = np.arange(C) % max(k_best, 1)                   # class → preferred open component
     diag = None
     if sc.with_diagnostics:
         diag = {"index": np.arange(N), "labels": labels.astype(np.int64)}
@@ -215,7 +215,7 @@ def build_record(sc: Scenario) -> RunRecord:
             alpha = m["tau_smoothing_alpha"]
             labeled = rng.random(N) < 0.6
             counts = alpha + resp[labeled].T @ np.eye(C)[labels[labeled]]
-            counts[k_best - 2:] = alpha + 0.05                                 # two free channels
+            counts[k_best - 2:] = alpha + 0.05                                 # two free components
             tau = counts / counts.sum(axis=1, keepdims=True)
             p = resp @ tau
             diag.update(tau=tau.astype(np.float32), tau_counts=counts.astype(np.float32),
@@ -411,7 +411,7 @@ SCENARIOS = {
     "tau": Scenario("tau", {**QUICK, "model.num_components": 12, "model.use_tau_classifier": True,
                             "data.num_labeled": 100, "training.monitor": "val/tau.accuracy"}),
     "curriculum": Scenario("curriculum", {**QUICK, "curriculum.enabled": True, "training.monitor": "val/loss.recon",
-                                          "training.patience": 30}, active_channels=4),
+                                          "training.patience": 30}, active_components=4),
     "failed": Scenario("failed", QUICK, status="FAILED", epochs=4, best_epoch=4, with_diagnostics=False),
 }
 

@@ -1,4 +1,5 @@
-"""COMPARE.md / COMPARE.html (SPEC §11.4, §2.5) on realistic synthetic runs."""
+"""COMPARE.md / COMPARE.html (runs, differing config keys, metric deltas, seed groups, curves) on
+realistic synthetic runs."""
 
 from __future__ import annotations
 

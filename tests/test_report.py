@@ -1,4 +1,4 @@
-"""REPORT.md / REPORT.html and the plot registry (SPEC §10, §11.1–§11.3) on realistic synthetic runs."""
+"""REPORT.md / REPORT.html, the plot registry and the training-health alarms on realistic synthetic runs."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from mixvae.report.plots import CATALOGUE, PlotSpec
 from mixvae.report.plots.common import resolve_config
 
 SECTIONS = ["## Configuration", "## Results", "## Loss curves and stability", "## Reconstructions",
-            "## Mixture routing hardness and specialization", "## τ classifier", "## Channel curriculum",
+            "## Mixture routing hardness and specialization", "## τ classifier", "## Component curriculum",
             "## Uncertainty", "## Plot status", "## Artifacts"]
 IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
-MIXTURE_PLOTS = ["latent_by_component", "channel_latents", "responsibility_histogram", "mixture_evolution",
+MIXTURE_PLOTS = ["latent_by_component", "component_latents", "responsibility_histogram", "mixture_evolution",
                  "component_embedding_divergence", "reconstruction_by_component", "selected_vs_weighted",
-                 "channel_ownership", "component_kl", "routing_hardness"]
+                 "component_ownership", "component_kl", "routing_hardness"]
 
 
 def assert_png_not_blank(path: Path) -> None:
@@ -114,9 +114,9 @@ def test_full_mixture_run_draws_every_mixture_plot(reports):
     _, result, md = reports["mixture_gumbel"]
     for name in ["loss_curves", "reconstructions", "latent_space"] + MIXTURE_PLOTS:
         assert result.plot_status[name].status == "success", (name, result.plot_status[name])
-    channel_files = result.plot_status["channel_latents"].paths
-    assert channel_files == ["mixture/channel_latents/grid.png"] + [
-        f"mixture/channel_latents/channel_{k:02d}.png" for k in range(10)]
+    component_files = result.plot_status["component_latents"].paths
+    assert component_files == ["mixture/component_latents/grid.png"] + [
+        f"mixture/component_latents/component_{k:02d}.png" for k in range(10)]
     assert result.plot_status["tau_matrix"].reason == "model.use_tau_classifier is false"
     assert result.plot_status["curriculum_k_active"].reason == "curriculum.enabled is false"
     assert result.plot_status["sigma_histogram"].reason == "model.use_heteroscedastic_decoder is false"
@@ -131,7 +131,7 @@ def test_conditioning_none_with_shared_layout_disables_the_component_plots(repor
     for name in ("reconstruction_by_component", "selected_vs_weighted"):
         assert (status[name].status, status[name].reason) == (
             "disabled", "all components decode identically (shared layout, decoder_conditioning none)")
-    assert (status["channel_ownership"].status, status["channel_ownership"].reason) == (
+    assert (status["component_ownership"].status, status["component_ownership"].reason) == (
         "skipped", "the split has no labels")
     assert status["component_kl"].reason == "latent_layout is 'shared': no per-component latents"
     assert status["routing_hardness"].reason == "use_gumbel_softmax is false: routing equals responsibilities"
@@ -144,8 +144,8 @@ def test_conditioning_none_with_shared_layout_disables_the_component_plots(repor
 def test_standard_prior_gets_latent_space_only(reports):
     _, result, md = reports["standard"]
     status = result.plot_status
-    for name in ("latent_by_component", "channel_latents", "responsibility_histogram", "mixture_evolution",
-                 "channel_ownership"):
+    for name in ("latent_by_component", "component_latents", "responsibility_histogram", "mixture_evolution",
+                 "component_ownership"):
         assert (status[name].status, status[name].reason) == (
             "disabled", "requires a mixture-based prior (prior_type is 'standard')")
     assert status["component_embedding_divergence"].reason == "prior_type 'standard' has no component embeddings"
@@ -171,9 +171,9 @@ def test_gate_reasons_for_vamp_and_one_dimensional_latents():
                                            "model.latent_dim": 8}))
     assert gates["component_embedding_divergence"](vamp) == "prior_type 'vamp' has no component embeddings"
     assert gates["responsibility_histogram"](vamp) is None
-    assert gates["channel_ownership"](vamp) is None
+    assert gates["component_ownership"](vamp) is None
     one_d = resolve_config(resolved_config({"model.latent_dim": 1}))
-    for name in ("latent_space", "latent_by_component", "channel_latents"):
+    for name in ("latent_space", "latent_by_component", "component_latents"):
         assert gates[name](one_d) == "latent_dim is 1"
     assert gates["responsibility_histogram"](one_d) is None
 
@@ -281,17 +281,17 @@ def test_configuration_lists_only_real_changes(reports):
     assert not any(k.startswith("tracking.") for k in keys)
 
 
-def test_curriculum_section_lists_the_events_and_closed_channels(reports):
+def test_curriculum_section_lists_the_events_and_closed_components(reports):
     md = reports["curriculum"][2]
-    curriculum = section_text(md, "Channel curriculum")
-    events = tables(md, "Channel curriculum")[0]
+    curriculum = section_text(md, "Component curriculum")
+    events = tables(md, "Component curriculum")[0]
     assert ["6", "unlock", "1", "2"] == events[0][:4]
     assert events[-1][1] == "stop" and events[-1][5] == "no_improvement"
     assert "Stop reason: no_improvement." in curriculum
     assert "figures/curriculum/k_active_over_time.png" in curriculum
-    channels = section_text(md, "Mixture routing hardness and specialization")
-    assert "| 3 | " in channels and "| closed |" in channels
-    assert "Not applicable: curriculum.enabled is false." in section_text(reports["tau"][2], "Channel curriculum")
+    components = section_text(md, "Mixture routing hardness and specialization")
+    assert "| 3 | " in components and "| closed |" in components
+    assert "Not applicable: curriculum.enabled is false." in section_text(reports["tau"][2], "Component curriculum")
 
 
 def _document(rec, statuses=None) -> str:
@@ -302,7 +302,7 @@ def test_no_alarm_for_a_healthy_run(reports):
     assert "No alarm triggered." in section_text(reports["mixture_gumbel"][2], "Results")
 
 
-def test_alarms_fire_on_collapse_dead_channels_and_saturation():
+def test_alarms_fire_on_collapse_dead_components_and_saturation():
     rec = record("heteroscedastic")
     rec.metrics.update({"mixture.K_eff": 1.2, "mixture.active_components": 1.0, "mixture.dead_components": 8.0,
                         "latent.active_units": 0.0, "uncertainty.sigma_saturation": 0.7})
@@ -311,10 +311,10 @@ def test_alarms_fire_on_collapse_dead_channels_and_saturation():
     resp[:, 2:] = 0.0
     resp[:5, 2] = 1.0
     resp[:5, 1] = 0.0
-    rec.diagnostics["responsibilities"] = resp               # channels 3…9 never win the argmax
+    rec.diagnostics["responsibilities"] = resp               # components 3…9 never win the argmax
     alarms = section_text(_document(rec), "Results").split("**Alarms**", 1)[1]
-    assert "mixture collapse: 10 open channels but mixture.K_eff = 1.2" in alarms
-    assert "dead channels: 8 open channel(s) are nobody's argmax (channels 0, 3, 4, 5, 6, 7, 8, 9)" in alarms
+    assert "mixture collapse: 10 open components but mixture.K_eff = 1.2" in alarms
+    assert "dead components: 8 open component(s) are nobody's argmax (components 0, 3, 4, 5, 6, 7, 8, 9)" in alarms
     assert "posterior collapse: latent.active_units = 0" in alarms
     assert "σ saturation: uncertainty.sigma_saturation = 0.7" in alarms
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .build import GENERATED_PREFIX, acc_method_of, clip, direction_of, flatten_config, fmt, ordered_metric_keys
+from .config_diff import flatten_config
+from .formatting import GENERATED_PREFIX, acc_method_of, clip, direction_of, fmt, ordered_metric_keys
 from .document import Document, Image, Paragraph, Section, Table
 
 BETTER, WORSE = "▲", "▼"

@@ -40,7 +40,7 @@ class PlotSpec:
     draw: Callable[[PlotData, Path], None]
     gate: Callable[[object], str | None] = _always
     needs_diagnostics: bool = True                      # False: runs from histories alone
-    files: Callable[[PlotData], list[str]] | None = None   # several files (channel_latents)
+    files: Callable[[PlotData], list[str]] | None = None   # several files (component_latents)
 
     def expected_files(self, data: PlotData) -> list[str]:
         return self.files(data) if self.files else [self.file]
@@ -52,8 +52,8 @@ CATALOGUE: tuple[PlotSpec, ...] = (
     PlotSpec("latent_space", "core/latent_space.png", core.draw_latent_space, core.gate_latent_dim),
     PlotSpec("latent_by_component", "mixture/latent_by_component.png", mixture.draw_latent_by_component,
              mixture.gate_mixture_scatter),
-    PlotSpec("channel_latents", f"{mixture.CHANNEL_LATENTS_DIR}/grid.png", mixture.draw_channel_latents,
-             mixture.gate_mixture_scatter, files=mixture.channel_latent_files),
+    PlotSpec("component_latents", f"{mixture.COMPONENT_LATENTS_DIR}/grid.png", mixture.draw_component_latents,
+             mixture.gate_mixture_scatter, files=mixture.component_latent_files),
     PlotSpec("responsibility_histogram", "mixture/responsibility_histogram.png",
              mixture.draw_responsibility_histogram, mixture.gate_mixture_based),
     PlotSpec("mixture_evolution", "mixture/mixture_evolution.png", mixture.draw_mixture_evolution,
@@ -64,7 +64,7 @@ CATALOGUE: tuple[PlotSpec, ...] = (
              mixture.draw_reconstruction_by_component, mixture.gate_component_reconstructions),
     PlotSpec("selected_vs_weighted", "mixture/selected_vs_weighted.png", mixture.draw_selected_vs_weighted,
              mixture.gate_component_reconstructions),
-    PlotSpec("channel_ownership", "mixture/channel_ownership.png", mixture.draw_channel_ownership,
+    PlotSpec("component_ownership", "mixture/component_ownership.png", mixture.draw_component_ownership,
              mixture.gate_mixture_based),
     PlotSpec("component_kl", "mixture/component_kl.png", mixture.draw_component_kl, mixture.gate_component_kl),
     PlotSpec("routing_hardness", "mixture/routing_hardness.png", mixture.draw_routing_hardness,

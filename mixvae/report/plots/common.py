@@ -108,6 +108,18 @@ class PlotData:
         points = sorted(points)
         return (np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float))
 
+    def value_at(self, key: str, epoch: int) -> float | None:
+        """The logged value of history `key` at `epoch` (the latest one logged), or None."""
+        series = self.history(key)
+        if series is None:
+            return None
+        hit = np.flatnonzero(series[0] == epoch)
+        return float(series[1][hit[-1]]) if hit.size else None
+
+    def model_setting(self, name: str, default=None):
+        """`model.<name>` of the run's config; `default` without a config or without that key."""
+        return getattr(self.cfg.model, name, default) if self.cfg is not None else default
+
     @property
     def best_epoch(self) -> int | None:
         if self.summary and self.summary.get("best_epoch") is not None:
@@ -133,13 +145,13 @@ class PlotData:
 
     @property
     def active_mask(self) -> np.ndarray:
-        """Channels open at the best epoch (all K without the curriculum)."""
+        """Components open at the best epoch (all K without the curriculum)."""
         if self.has("active_mask"):
             return np.asarray(self.diagnostics["active_mask"]).astype(bool)
         return np.ones(self.num_components, dtype=bool)
 
     @property
-    def active_channels(self) -> np.ndarray:
+    def active_components(self) -> np.ndarray:
         return np.flatnonzero(self.active_mask)
 
     def labels(self) -> np.ndarray:
@@ -258,7 +270,7 @@ def sigma_to_rgb(sigma: np.ndarray, lo: float, hi: float, shape: tuple[int, int]
     sigma = np.atleast_1d(np.asarray(sigma, dtype=np.float32))
     if sigma.size == len(sigma):                                   # one σ per image
         sigma = np.broadcast_to(sigma.reshape(-1, 1, 1), (len(sigma), *shape))
-    elif sigma.ndim == 4:                                          # [N, H, W, Ch] → mean over channels
+    elif sigma.ndim == 4:                                          # [N, H, W, Ch] → mean over image channels
         sigma = sigma.mean(axis=-1)
     scaled = np.clip((sigma - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     return np.asarray(colormap("viridis")(scaled), dtype=np.float32)[..., :3]

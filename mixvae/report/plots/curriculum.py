@@ -1,4 +1,4 @@
-"""Channel-curriculum plot: k_active over epochs with unlocks, kicks and the stop."""
+"""Component-curriculum plot: k_active over epochs with unlocks, kicks and the stop."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def draw_curriculum_k_active(data: PlotData, path) -> None:
             ax.axvline(epoch, color="C2", linestyle=":", linewidth=1.0, label="unlock" if i == 0 else None)
         ax.step(epochs, k_active, where="mid", color="C0", linewidth=1.6, label="k_active")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("active channels")
+        ax.set_ylabel("active components")
         ax.set_ylim(0, max(float(np.max(k_active)), float(data.cfg.model.num_components)) + 0.5)
         for event in data.events:
             if event.get("event") == "stop":
@@ -50,5 +50,5 @@ def draw_curriculum_k_active(data: PlotData, path) -> None:
             handles.append(line)
             labels.append(monitor_key)
         legend_axes.legend(handles, labels, fontsize=6, loc="lower right")
-        ax.set_title("channel curriculum")
+        ax.set_title("component curriculum")
         save(fig, path)

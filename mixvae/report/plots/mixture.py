@@ -1,4 +1,4 @@
-"""Mixture plots: how the K channels are used, routed and decoded."""
+"""Mixture plots: how the K components are used, routed and decoded."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .common import (PlotData, PlotSkipped, categorical_colors, colormap, draw_m
                      new_figure, project_2d, save, scatter_latents, style, to_rgb)
 from .core import gate_latent_dim, selected_latents, split_name
 
-CHANNEL_LATENTS_DIR = "mixture/channel_latents"
+COMPONENT_LATENTS_DIR = "mixture/component_latents"
 
 
 # ------------------------------------------------------------------------------------------ gates
@@ -52,17 +52,17 @@ def gate_routing(cfg) -> str | None:
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def channel_ticks(ax, channels: np.ndarray, axis: str = "y") -> None:
-    step = max(1, len(channels) // 25)
-    positions = np.arange(len(channels))[::step]
-    labels = [str(int(k)) for k in channels[::step]]
+def component_ticks(ax, components: np.ndarray, axis: str = "y") -> None:
+    step = max(1, len(components) // 25)
+    positions = np.arange(len(components))[::step]
+    labels = [str(int(k)) for k in components[::step]]
     if axis == "y":
         ax.set_yticks(positions, labels)
     else:
         ax.set_xticks(positions, labels)
 
 
-def channel_legend(ax, num_components: int) -> None:
+def component_legend(ax, num_components: int) -> None:
     if num_components > 20:
         return
     from matplotlib.lines import Line2D
@@ -70,11 +70,11 @@ def channel_legend(ax, num_components: int) -> None:
     handles = [Line2D([], [], marker="o", linestyle="", color=colors[k], markersize=4, label=str(k))
                for k in range(num_components)]
     ax.legend(handles=handles, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-              title="channel", title_fontsize=7)
+              title="component", title_fontsize=7)
 
 
 def ranking_weights(data: PlotData) -> tuple[np.ndarray, str]:
-    """Per-image channel scores for the 6 fixed images: responsibilities when recorded, else routing weights."""
+    """Per-image component scores for the 6 fixed images: responsibilities when recorded, else routing weights."""
     for name in ("percomp_resp", "percomp_responsibilities"):
         if data.has(name):
             return data.diag(name), "r"
@@ -96,20 +96,20 @@ def draw_latent_by_component(data: PlotData, path) -> None:
     with style():
         fig, ax = new_figure(4.6, 3.8)
         scatter_latents(ax, xy, categorical_colors(component, num_components), axis_labels)
-        channel_legend(ax, num_components)
+        component_legend(ax, num_components)
         ax.set_title(f"latent means by argmax component ({split_name(data)} split)")
         save(fig, path)
 
 
-def channel_latent_files(data: PlotData) -> list[str]:
-    return [f"{CHANNEL_LATENTS_DIR}/grid.png"] + [
-        f"{CHANNEL_LATENTS_DIR}/channel_{k:02d}.png" for k in data.active_channels]
+def component_latent_files(data: PlotData) -> list[str]:
+    return [f"{COMPONENT_LATENTS_DIR}/grid.png"] + [
+        f"{COMPONENT_LATENTS_DIR}/component_{k:02d}.png" for k in data.active_components]
 
 
-def draw_channel_latents(data: PlotData, path) -> None:
-    """One panel per active channel in that channel's own latent; opacity = r_k(x).
+def draw_component_latents(data: PlotData, path) -> None:
+    """One panel per active component in that component's own latent; opacity = r_k(x).
 
-    The grid is drawn once; each channel's file is cropped from the rendered grid (same pixels,
+    The grid is drawn once; each component's file is cropped from the rendered grid (same pixels,
     no second rendering).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -118,40 +118,40 @@ def draw_channel_latents(data: PlotData, path) -> None:
     z = data.diag("z_mean")
     responsibilities = data.diag("responsibilities")
     labels = data.labels()
-    channels = data.active_channels
+    components = data.active_components
     base_colors = categorical_colors(labels, int(data.cfg.model.num_classes))
     shared = z.ndim == 2
     if shared:
         shared_xy, axis_labels = project_2d(z)
-    nrows, ncols = grid_shape(len(channels), max_cols=5)
+    nrows, ncols = grid_shape(len(components), max_cols=5)
     out_dir = Path(path).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     with style():
         fig, axes = new_figure(2.3 * ncols, 2.15 * nrows, nrows, ncols)
         axes = np.atleast_1d(axes).ravel()
         usage = responsibilities.mean(axis=0)
-        for ax, k in zip(axes, channels):
+        for ax, k in zip(axes, components):
             xy, labels_k = (shared_xy, axis_labels) if shared else project_2d(z[:, k])
             colors = base_colors.copy()
             colors[:, 3] = np.clip(responsibilities[:, k], 0.0, 1.0)
             order = np.argsort(colors[:, 3], kind="stable")          # confident points on top
             scatter_latents(ax, xy[order], colors[order], labels_k, size=4.0)
-            ax.set_title(f"channel {k} · usage {usage[k]:.3f}", fontsize=8)
+            ax.set_title(f"component {k} · usage {usage[k]:.3f}", fontsize=8)
             ax.tick_params(labelsize=6)
-        for ax in axes[len(channels):]:
+        for ax in axes[len(components):]:
             ax.set_axis_off()
-        fig.suptitle("each channel's own latent, opacity = r_k(x), colour = label", fontsize=8)
+        fig.suptitle("each component's own latent, opacity = r_k(x), colour = label", fontsize=8)
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
         pixels = np.asarray(canvas.buffer_rgba())
         imsave(out_dir / "grid.png", pixels, format="png")
         renderer = canvas.get_renderer()
         height = pixels.shape[0]
-        for ax, k in zip(axes, channels):
+        for ax, k in zip(axes, components):
             box = ax.get_tightbbox(renderer)
             x0, x1 = max(0, int(box.x0) - 3), min(pixels.shape[1], int(np.ceil(box.x1)) + 3)
             y0, y1 = max(0, height - int(np.ceil(box.y1)) - 3), min(height, height - int(box.y0) + 3)
-            imsave(out_dir / f"channel_{k:02d}.png", pixels[y0:y1, x0:x1], format="png")
+            imsave(out_dir / f"component_{k:02d}.png", pixels[y0:y1, x0:x1], format="png")
 
 
 # ------------------------------------------------------------------------------------- histograms
@@ -223,7 +223,7 @@ def draw_mixture_evolution(data: PlotData, path) -> None:
             ax.set_xlabel("epoch")
             ax.set_ylim(bottom=0)
         if num_components <= 20:
-            np.atleast_1d(axes)[-1].legend(fontsize=5.5, title="channel", title_fontsize=6, loc="center left",
+            np.atleast_1d(axes)[-1].legend(fontsize=5.5, title="component", title_fontsize=6, loc="center left",
                                            bbox_to_anchor=(1.0, 0.5), frameon=False)
         save(fig, path)
 
@@ -232,19 +232,19 @@ def draw_mixture_evolution(data: PlotData, path) -> None:
 
 def draw_component_embedding_divergence(data: PlotData, path) -> None:
     embeddings = data.diag("embeddings")
-    channels = data.active_channels
-    active = embeddings[channels]
+    components = data.active_components
+    active = embeddings[components]
     distances = np.sqrt(((active[:, None, :] - active[None, :, :]) ** 2).sum(axis=-1))
     mean, low, high = mean_excluding_diagonal(distances)
-    size = 2.6 + 0.18 * min(len(channels), 40)
+    size = 2.6 + 0.18 * min(len(components), 40)
     with style():
         fig, ax = new_figure(size + 0.8, size)
         image = ax.imshow(distances, cmap=colormap("viridis"))
         ax.grid(False)
-        channel_ticks(ax, channels, "x")
-        channel_ticks(ax, channels, "y")
-        ax.set_xlabel("channel")
-        ax.set_ylabel("channel")
+        component_ticks(ax, components, "x")
+        component_ticks(ax, components, "y")
+        ax.set_xlabel("component")
+        ax.set_ylabel("component")
         fig.colorbar(image, ax=ax, shrink=0.8, label="‖e_j − e_k‖")
         ax.set_title(f"embedding distances · mean {mean:.3g} · min {low:.3g} · max {high:.3g}")
         save(fig, path)
@@ -262,20 +262,20 @@ def component_means(data: PlotData) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def draw_reconstruction_by_component(data: PlotData, path) -> None:
     images, means, weights = component_means(data)
     scores, symbol = ranking_weights(data)
-    channels = data.active_channels
+    components = data.active_components
     sigma = data.diag("percomp_sigma") if data.has("percomp_sigma") else None
-    tiles = np.concatenate([images[:, None], to_rgb(means[:, channels]), to_rgb(blend(weights, means))[:, None]],
+    tiles = np.concatenate([images[:, None], to_rgb(means[:, components]), to_rgb(blend(weights, means))[:, None]],
                            axis=1)
     notes = []
     for b in range(tiles.shape[0]):
         row = [""]
-        for k in channels:
+        for k in components:
             note = f"{symbol}={scores[b, k]:.2f}"
             if sigma is not None:
                 note += f"\nσ={np.mean(sigma[b, k]):.2f}"
             row.append(note)
         notes.append(row + [""])
-    titles = ["original"] + [f"k={k}" for k in channels] + ["blend"]
+    titles = ["original"] + [f"k={k}" for k in components] + ["blend"]
     with style():
         fig, _ = draw_montage(tiles, titles, tile_notes=notes, inch_per_tile=min(0.75, 16.0 / tiles.shape[1]),
                               note_size=5.0, note_lines=1 if sigma is None else 2)
@@ -298,7 +298,7 @@ def draw_selected_vs_weighted(data: PlotData, path) -> None:
     else:
         columns.append(np.ones_like(images))
         for b in rows:
-            notes[b][3] = "only one channel"
+            notes[b][3] = "only one component"
     tiles = np.stack(columns, axis=1)
     with style():
         fig, _ = draw_montage(tiles, ["original", "selected", "weighted blend", "second"], tile_notes=notes)
@@ -307,23 +307,23 @@ def draw_selected_vs_weighted(data: PlotData, path) -> None:
 
 # -------------------------------------------------------------------------------------- ownership
 
-def draw_channel_ownership(data: PlotData, path) -> None:
+def draw_component_ownership(data: PlotData, path) -> None:
     labels = data.require_labels()
     responsibilities = data.diag("responsibilities")
-    channels = data.active_channels
+    components = data.active_components
     num_classes = int(data.cfg.model.num_classes)
     onehot = (labels[:, None] == np.arange(num_classes)[None, :]).astype(np.float64)     # [N, C]
     counts = onehot.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ownership = (responsibilities[:, channels].T @ onehot) / counts[None, :]         # O[k, c]
+        ownership = (responsibilities[:, components].T @ onehot) / counts[None, :]         # O[k, c]
     with style():
-        fig, ax = new_figure(1.6 + 0.32 * num_classes, 1.2 + 0.26 * len(channels))
+        fig, ax = new_figure(1.6 + 0.32 * num_classes, 1.2 + 0.26 * len(components))
         image = ax.imshow(ownership, cmap=colormap("viridis"), vmin=0.0, vmax=1.0, aspect="auto")
         ax.grid(False)
         ax.set_xticks(np.arange(num_classes), [str(c) for c in range(num_classes)])
-        channel_ticks(ax, channels, "y")
+        component_ticks(ax, components, "y")
         ax.set_xlabel("class")
-        ax.set_ylabel("channel")
+        ax.set_ylabel("component")
         if ownership.size <= 400:
             rows, cols = np.nonzero(np.nan_to_num(ownership) >= 0.05)
             for r, c in zip(rows, cols):
@@ -331,7 +331,7 @@ def draw_channel_ownership(data: PlotData, path) -> None:
                 ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=5,
                         color="black" if value > 0.6 else "white")
         fig.colorbar(image, ax=ax, shrink=0.8, label="mean r_k over class")
-        ax.set_title("channel ownership O[k, c]")
+        ax.set_title("component ownership O[k, c]")
         save(fig, path)
 
 
@@ -342,10 +342,10 @@ def draw_component_kl(data: PlotData, path) -> None:
     with style():
         fig, ax = new_figure(max(3.5, 0.25 * len(kl) + 1.5), 2.8)
         ax.bar(np.arange(len(kl)), kl, color=colors)
-        ax.set_xlabel("channel")
+        ax.set_xlabel("component")
         ax.set_ylabel("mean KL (nats)")
-        channel_ticks(ax, np.arange(len(kl)), "x")
-        title = "mean KL(q(z_k|x) ‖ prior_k) per channel"
+        component_ticks(ax, np.arange(len(kl)), "x")
+        title = "mean KL(q(z_k|x) ‖ prior_k) per component"
         if not active.all():
             title += " (grey: closed)"
         ax.set_title(title)

@@ -14,8 +14,10 @@ def gate_tau(cfg) -> str | None:
     return None if cfg.model.use_tau_classifier else "model.use_tau_classifier is false"
 
 
-def free_channels(data: PlotData) -> np.ndarray:
-    """Channels whose labeled evidence Σ_c (N_kc − α₀) is below tau_free_count_threshold."""
+def free_components(data: PlotData) -> np.ndarray:
+    """Components whose labeled evidence Σ_c (N_kc − α₀) is below tau_free_count_threshold: the
+    run's own `tau_free` diagnostics; recomputed from `tau_counts` only for runs recorded before
+    the diagnostics held it (the rule of mixvae.model.tau, without importing the model)."""
     if data.has("tau_free"):
         return data.diag("tau_free").astype(bool)
     counts = data.diag("tau_counts")
@@ -26,12 +28,12 @@ def free_channels(data: PlotData) -> np.ndarray:
 
 def draw_tau_matrix(data: PlotData, path) -> None:
     tau = data.diag("tau")
-    channels = data.active_channels
-    free = free_channels(data) if data.has("tau_counts") or data.has("tau_free") else np.zeros(len(tau), dtype=bool)
-    matrix = tau[channels]
+    components = data.active_components
+    free = free_components(data) if data.has("tau_counts") or data.has("tau_free") else np.zeros(len(tau), dtype=bool)
+    matrix = tau[components]
     num_classes = matrix.shape[1]
     with style():
-        fig, ax = new_figure(1.8 + 0.36 * num_classes, 1.2 + 0.27 * len(channels))
+        fig, ax = new_figure(1.8 + 0.36 * num_classes, 1.2 + 0.27 * len(components))
         image = ax.imshow(matrix, cmap=colormap("Blues"), vmin=0.0, vmax=1.0, aspect="auto")
         ax.grid(False)
         rows, cols = np.nonzero(matrix > TAU_TEXT_THRESHOLD)
@@ -44,13 +46,13 @@ def draw_tau_matrix(data: PlotData, path) -> None:
         ax.add_collection(PatchCollection([Rectangle((c - 0.5, r - 0.5), 1, 1) for r, c in enumerate(best)],
                                           facecolor="none", edgecolor="C3", linewidth=1.2))
         ax.set_xticks(np.arange(num_classes), [str(c) for c in range(num_classes)])
-        step = max(1, len(channels) // 25)
-        ax.set_yticks(np.arange(len(channels))[::step],
-                      [f"{k} free" if free[k] else str(k) for k in channels[::step]])
+        step = max(1, len(components) // 25)
+        ax.set_yticks(np.arange(len(components))[::step],
+                      [f"{k} free" if free[k] else str(k) for k in components[::step]])
         ax.set_xlabel("label c")
-        ax.set_ylabel("channel k")
+        ax.set_ylabel("component k")
         fig.colorbar(image, ax=ax, shrink=0.8, label="τ_kc")
-        ax.set_title(f"τ label map · {int(free[channels].sum())} free channels")
+        ax.set_title(f"τ label map · {int(free[components].sum())} free components")
         save(fig, path)
 
 
