@@ -216,7 +216,7 @@ def test_g7_a_default_value_explicitly_set_never_warns(raw):
 
 def test_g7_resolved_value_that_differs_from_the_derived_default_warns():
     lines = warnings_of({"model": {"prior_type": "vamp", "latent_dim": 8, "component_embedding_dim": 4}})
-    assert lines == ["model.component_embedding_dim has no effect: model.prior_type is 'vamp'"]
+    assert lines == ["model.component_embedding_dim has no effect: model.prior_type is 'vamp': no component logits"]
 
 
 def test_g7_keys_only_in_the_defaults_never_warn():
@@ -233,7 +233,7 @@ def test_applies_has_a_predicate_for_every_schema_key():
     assert set(APPLIES) == set(schema_keys())
     default = Config()
     for key, predicate in APPLIES.items():
-        result = predicate(default)
+        result = predicate(default, default.data.num_labeled)
         assert result is None or isinstance(result, str), key
 
 
