@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config_diff import flatten_config
-from .formatting import GENERATED_PREFIX, acc_method_of, clip, direction_of, fmt, ordered_metric_keys
+from mixvae.config import flatten_dict
+
 from .document import Document, Image, Paragraph, Section, Table
+from .formatting import GENERATED_PREFIX, acc_method_of, clip, direction_of, fmt, ordered_metric_keys
 
 BETTER, WORSE = "▲", "▼"
 FIGURES_DIR = "compare_figures"
@@ -92,7 +93,7 @@ def _label(record) -> str:
 def _config_values(record) -> dict[str, str]:
     """Dotted key → JSON text of the resolved config (params when config.yaml is missing); no tracking keys."""
     if record.config is not None:
-        flat = {k: json.dumps(v, sort_keys=True) for k, v in flatten_config(record.config).items()}
+        flat = {k: json.dumps(v, sort_keys=True) for k, v in flatten_dict(record.config).items()}
     else:
         flat = dict(record.params or {})
     return {k: v for k, v in flat.items() if not k.startswith("tracking.")}

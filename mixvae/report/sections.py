@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from . import health
-from .config_diff import config_differences, schema_defaults
+from .config_diff import config_differences
 from .document import BulletList, Image, Paragraph, Section, Table
 from .formatting import (GENERATED_PREFIX, acc_method_of, clip, family_of, fmt, fmt_bytes, fmt_duration,
                          fmt_utc, metric_label, ordered_metric_keys)
@@ -111,17 +111,12 @@ class ReportSections:
         section = Section("Configuration")
         if self.record.config is None:
             return section.add(Paragraph("Skipped: run has no config.yaml."))
-        defaults = schema_defaults()
-        if defaults is None:
-            section.add(Paragraph("Schema defaults are unavailable (mixvae.config.defaults_flat could not be "
-                                  "imported), so the keys that differ from them cannot be listed."))
+        rows = config_differences(self.record.config, self.tags.get("mixvae.config_name"), self.cfg)
+        if rows:
+            section.add(Paragraph("Resolved keys that differ from the schema default (tracking keys excluded):"),
+                        Table(["key", "value", "default"], [[f"`{k}`", clip(v), clip(d)] for k, v, d in rows]))
         else:
-            rows = config_differences(self.record.config, defaults, self.tags.get("mixvae.config_name"))
-            if rows:
-                section.add(Paragraph("Resolved keys that differ from the schema default (tracking keys excluded):"),
-                            Table(["key", "value", "default"], [[f"`{k}`", clip(v), clip(d)] for k, v, d in rows]))
-            else:
-                section.add(Paragraph("Every resolved key has its schema default (tracking keys excluded)."))
+            section.add(Paragraph("Every resolved key has its schema default (tracking keys excluded)."))
         overrides = self.tags.get("mixvae.overrides", "")
         section.add(Paragraph(f"Overrides: `{overrides}`" if overrides else "Overrides: none."))
         if self.summary is None:

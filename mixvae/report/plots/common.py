@@ -14,12 +14,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from mixvae.config import COMPONENT_DECODING, MIXTURE_BASED, config_from_dict, resolved_conditioning
+
 log = logging.getLogger(__name__)
 
 DPI = 120
 UNLABELED_GREY = (0.62, 0.62, 0.62, 1.0)
-COMPONENT_DECODING_PRIORS = ("mixture", "geometric_mog")
-MIXTURE_BASED_PRIORS = ("mixture", "vamp", "geometric_mog")
 
 
 class PlotSkipped(Exception):
@@ -41,31 +41,31 @@ def _namespace(d):
 def resolve_config(config_dict: dict | None):
     """The run's resolved config as attribute access (`cfg.model.prior_type`).
 
-    Uses `mixvae.config.config_from_dict` when it is available and accepts the dict; otherwise a
-    plain attribute view of the stored config.yaml (which is already resolved), so a report can
-    still be built for a run whose config no longer validates.
+    A `Config` when today's schema accepts the dict; otherwise a plain attribute view of the
+    stored config.yaml (which is already resolved), so a report can still be built for a run whose
+    config no longer validates.
     """
     if config_dict is None:
         return None
     try:
-        from mixvae.config import config_from_dict
         return config_from_dict(config_dict)
-    except Exception as exc:  # ImportError while the module is missing, or a config that fails today's schema
+    except Exception as exc:  # a config that fails today's schema
         log.debug("falling back to a plain view of config.yaml: %s", exc)
     cfg = _namespace(config_dict)
     model = getattr(cfg, "model", None)
     if model is not None and getattr(model, "decoder_conditioning", None) in (None, "auto"):
-        decodes_components = getattr(model, "prior_type", None) in COMPONENT_DECODING_PRIORS
-        model.decoder_conditioning = "cin" if decodes_components else "none"
+        model.decoder_conditioning = resolved_conditioning(getattr(model, "prior_type", None), "auto")
     return cfg
 
 
 def is_mixture_based(cfg) -> bool:
-    return cfg.model.prior_type in MIXTURE_BASED_PRIORS
+    """Whether the prior is a mixture over components (works on the plain view too)."""
+    return cfg.model.prior_type in MIXTURE_BASED
 
 
 def is_component_decoding(cfg) -> bool:
-    return cfg.model.prior_type in COMPONENT_DECODING_PRIORS
+    """Whether each component is decoded on its own (works on the plain view too)."""
+    return cfg.model.prior_type in COMPONENT_DECODING
 
 
 # -------------------------------------------------------------------------------------------- data
