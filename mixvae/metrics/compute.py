@@ -1,8 +1,8 @@
 """Split-level metrics from per-image arrays, computed on the host with NumPy.
 
 Every function takes arrays that the evaluation function already fetched once per split; none of them
-sees a model. All sums over channels run over the active set A; closed channels are never counted as
-dead or unused.
+sees a model. All sums over components run over the active set A; closed components are never counted
+as dead or unused.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from mixvae.metrics.keys import ACTIVE_USAGE_THRESHOLD
+from mixvae.model.entropy import entropy as model_entropy
 
 EPS = 1e-12
 
 
 def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
-    """H(p) = −Σ p log p in nats, with 0·log 0 = 0."""
-    p = np.asarray(p, dtype=np.float64)
-    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=axis)
+    """H(p) in nats, computed on the host in float64 (the one definition: ``mixvae.model.entropy``)."""
+    return model_entropy(np.asarray(p, dtype=np.float64), axis=axis)
 
 
 def usage_metrics(usage: np.ndarray, active: np.ndarray) -> dict[str, float]:
@@ -42,13 +42,6 @@ def mixture_metrics(resp: np.ndarray, active: np.ndarray) -> dict[str, float]:
     out["mixture.responsibility_confidence_mean"] = float(resp.max(axis=1).mean())
     out["mixture.component_entropy"] = float(entropy(resp).mean())
     return out
-
-
-def dead_channels(resp: np.ndarray, active: np.ndarray) -> list[int]:
-    a = active.astype(bool)
-    winners = np.argmax(np.where(a[None, :], resp, -1.0), axis=1)
-    used = np.bincount(winners, minlength=resp.shape[1]) > 0
-    return [int(k) for k in np.flatnonzero(a & ~used)]
 
 
 def pi_metrics(pi: np.ndarray, active: np.ndarray) -> dict[str, float]:

@@ -13,12 +13,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from mixvae.metrics.keys import KEYS, LOSS_TERMS
+from mixvae.metrics.keys import KEYS
 from mixvae.model import tau as tau_lib
+from mixvae.model.entropy import entropy, xlogx
 from mixvae.model.routing import is_active, masked_log_softmax
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _PIXEL_AXES = (-3, -2, -1)
+
+# The objective's named terms, grouped by how a batch reduces them (the fields of ``Terms``): a mean over
+# the valid images, a mean over the labeled images, or one value per batch.
+IMAGE_TERMS = ("loss.recon", "loss.kl_z", "loss.kl_c", "loss.kl_c_logit_mog")
+LABELED_TERMS = ("loss.classifier",)
+STEP_TERMS = ("loss.dirichlet", "loss.diversity", "loss.usage_balance", "loss.cluster_init", "loss.l1")
+LOSS_TERMS = IMAGE_TERMS + LABELED_TERMS + STEP_TERMS
 
 
 # --- per-image negative log-likelihoods ℓ -----------------------------------------------
@@ -74,22 +82,16 @@ def expected_nll(likelihood: str, fwd, x: jax.Array) -> jax.Array:
 
 # --- component regularisers ------------------------------------------------------
 
-def _xlogx(p: jax.Array) -> jax.Array:
-    """p log p with 0 log 0 = 0 and no NaN gradient at 0 (double where)."""
-    positive = p > 0
-    return jnp.where(positive, p * jnp.log(jnp.where(positive, p, 1.0)), 0.0)
-
-
 def log_pi_active(pi_logits: jax.Array, active_mask: jax.Array) -> jax.Array:
-    """log π^A_k = log(π_k / Σ_{j∈A} π_j) for k ∈ A; 0 (not −∞) on inactive channels."""
+    """log π^A_k = log(π_k / Σ_{j∈A} π_j) for k ∈ A; 0 (not −∞) on inactive components."""
     return masked_log_softmax(jnp.where(is_active(active_mask), pi_logits, -jnp.inf), active_mask)
 
 
 def categorical_kl(responsibilities: jax.Array, pi_logits: jax.Array, active_mask: jax.Array) -> jax.Array:
-    """KL(r ‖ π^A) = Σ_{k∈A} r_k (log r_k − log π^A_k) per image → [B]; inactive channels have r_k = 0."""
+    """KL(r ‖ π^A) = Σ_{k∈A} r_k (log r_k − log π^A_k) per image → [B]; inactive components have r_k = 0."""
     log_pi = log_pi_active(pi_logits, active_mask)
     cross = jnp.where(is_active(active_mask), responsibilities * log_pi, 0.0)
-    return jnp.sum(_xlogx(responsibilities) - cross, axis=-1)
+    return jnp.sum(xlogx(responsibilities) - cross, axis=-1)
 
 
 def logit_mog_neg_log_prior(logits: jax.Array, active_mask: jax.Array, mode_offset: float,
@@ -120,7 +122,7 @@ def batch_usage(responsibilities: jax.Array, valid: jax.Array) -> jax.Array:
 
 def usage_entropy(responsibilities: jax.Array, valid: jax.Array) -> jax.Array:
     """H(p̂) of the batch usage p̂ → []."""
-    return -jnp.sum(_xlogx(batch_usage(responsibilities, valid)))
+    return entropy(batch_usage(responsibilities, valid))
 
 
 def usage_balance(responsibilities: jax.Array, valid: jax.Array, pi_logits: jax.Array,
@@ -166,9 +168,9 @@ def _pi_logits_or_uniform(model, fwd) -> jax.Array:
 
 @struct.dataclass
 class Terms:
-    image: dict      # per-image [B] values of the enabled per-image terms, weights applied
-    labeled: dict    # {'loss.classifier': [B]}, 0 where unlabeled or not valid (when enabled)
-    step: dict       # scalar per-step terms: loss.dirichlet, loss.diversity, loss.l1 (when enabled)
+    image: dict      # IMAGE_TERMS: per-image [B] values of the enabled terms, weights applied
+    labeled: dict    # LABELED_TERMS: [B], 0 where unlabeled or not valid (when enabled)
+    step: dict       # STEP_TERMS: one scalar per batch (when enabled)
 
 
 def enabled_terms(cfg, num_labeled: int) -> dict[str, str | None]:
