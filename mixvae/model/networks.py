@@ -252,19 +252,17 @@ class OutputHead(nnx.Module):
 class ClassifierHead(nnx.Module):
     """Two blocks of Dense(h) → leaky_relu(0.01) → Dropout, then Dense(C) logits.
 
-    Dropout draws its mask from the explicit ``dropout`` key, so the module holds no RNG state.
+    Each dropout layer draws its mask from the explicit key (folded with the block's index), so the
+    module holds no RNG state.
     """
 
     def __init__(self, in_features: int, hidden: int, num_classes: int, dropout_rate: float, *, rngs: nnx.Rngs):
         self.hidden = nnx.List([nnx.Linear(in_features, hidden, rngs=rngs), nnx.Linear(hidden, hidden, rngs=rngs)])
+        self.dropout = nnx.Dropout(float(dropout_rate))
         self.logits = nnx.Linear(hidden, num_classes, rngs=rngs)
-        self.dropout_rate = float(dropout_rate)
 
     def __call__(self, h: jax.Array, *, train: bool, key: jax.Array) -> jax.Array:
         for i, layer in enumerate(self.hidden):
             h = jax.nn.leaky_relu(layer(h), DENSE_SLOPE)
-            if train and self.dropout_rate > 0.0:
-                keep = 1.0 - self.dropout_rate
-                mask = jax.random.bernoulli(jax.random.fold_in(key, i), keep, h.shape)
-                h = jnp.where(mask, h / keep, 0.0)
+            h = self.dropout(h, deterministic=not train, rngs=jax.random.fold_in(key, i))
         return self.logits(h)
