@@ -72,7 +72,7 @@ def vamp_kl(key: jax.Array, mean: jax.Array, logvar: jax.Array, pseudo_mean: jax
 
 def vamp_responsibilities(z_mean: jax.Array, pseudo_mean: jax.Array, pseudo_logvar: jax.Array,
                           active_mask: jax.Array) -> jax.Array:
-    """r_k(x) = softmax_k log N(z_mean(x); m_k, diag e^{ℓ_k}) over the active channels."""
+    """r_k(x) = softmax_k log N(z_mean(x); m_k, diag e^{ℓ_k}) over the active components."""
     log_densities = diag_gaussian_log_density(z_mean[:, None, :], pseudo_mean, pseudo_logvar)  # [B, K]
     active = is_active(active_mask)
     probs = jax.nn.softmax(jnp.where(active, log_densities, -jnp.inf), axis=-1)

@@ -27,7 +27,7 @@ def labeled_mask(labels: jax.Array, valid: jax.Array) -> jax.Array:
 def update_counts(counts: jax.Array, responsibilities: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
     """N ← N + stop_gradient(Σ_{b labeled, valid} r_b ⊗ onehot(y_b)).
 
-    Unlabeled (−1) and padded images add nothing; inactive channels have r = 0 and gain nothing.
+    Unlabeled (−1) and padded images add nothing; inactive components have r = 0 and gain nothing.
     """
     num_classes = counts.shape[-1]
     weight = labeled_mask(labels, valid)
@@ -48,7 +48,10 @@ def predict(responsibilities: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax
 
 
 def ood_score(responsibilities: jax.Array, tau: jax.Array) -> jax.Array:
-    """1 − max_k (r_k · max_c τ_{k,c}) ∈ [0, 1]: high when no channel both claims x and carries a clear label."""
+    """1 − max_k (r_k · max_c τ_{k,c}) ∈ [0, 1].
+
+    High when no component both claims x and carries a clear label.
+    """
     return 1.0 - jnp.max(responsibilities * jnp.max(tau, axis=-1), axis=-1)
 
 
