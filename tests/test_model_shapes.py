@@ -341,8 +341,9 @@ def test_serving_modules_do_not_import_heavy_packages():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_component_means_decode_every_component_and_blend_to_the_recon():
-    cfg = make_cfg({"latent_layout": "decentralized", "decoder_conditioning": "concat"})
+@pytest.mark.parametrize("layout", ["shared", "decentralized"])
+def test_every_component_decoded_blends_to_the_recon(layout):
+    cfg = make_cfg({"latent_layout": layout, "decoder_conditioning": "concat"})
     net = MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(2))
     graphdef, state = nnx.split(net)
     x, _, _ = batch((8, 8, 1))
@@ -350,12 +351,13 @@ def test_component_means_decode_every_component_and_blend_to_the_recon():
     @jax.jit
     def run(state, ctx):
         model = nnx.merge(graphdef, state)
-        return model.component_means(x, ctx), model(x, ctx, train=False, key=jax.random.PRNGKey(0))
+        fwd = model(x, ctx, train=False, key=jax.random.PRNGKey(0))
+        return model.decode_every_component(fwd.z_mean), fwd
 
     ctx = RouteCtx.default(cfg)
-    (means, weights), fwd = run(state, ctx)
-    assert means.shape == (B, K, 8, 8, 1) and weights.shape == (B, K)
-    np.testing.assert_allclose(np.einsum("bk,bkhwc->bhwc", weights, means), fwd.recon, rtol=1e-5, atol=1e-6)
+    (means, sigma), fwd = run(state, ctx)
+    assert means.shape == (B, K, 8, 8, 1) and sigma is None
+    np.testing.assert_allclose(np.einsum("bk,bkhwc->bhwc", fwd.routing, means), fwd.recon, rtol=1e-5, atol=1e-6)
     # Routing state is data, not structure: new mask, bias, temperature and switch reuse the compiled function.
     run(state, ctx.replace(active_mask=jnp.asarray([1.0, 0.0, 1.0, 0.0]), temperature=jnp.float32(3.0),
                            kick_bias=jnp.ones(K), straight_through=jnp.float32(0.0)))

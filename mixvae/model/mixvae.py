@@ -254,22 +254,19 @@ class MixVAE(nnx.Module):
             sigma = sigma.reshape(batch, m, *sigma.shape[1:])
         return out, sigma
 
-    def component_means(self, x: jax.Array, ctx: RouteCtx) -> tuple[jax.Array, jax.Array]:
-        """Evaluation mode, every component decoded: (mean images m_k [B, K, H, W, Ch], routing s [B, K]).
-
-        For the per-component diagnostics (component-decoding priors only); ignores top-M.
-        """
+    def decode_every_component(self, z_mean: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """Every component decoded from the posterior mean, ignoring routing and top-M:
+        (mean images m_k [B, K, H, W, Ch], σ_k or None). For the per-component diagnostics of
+        component-decoding priors; z_mean is [B, D] (shared latent) or [B, K, D] (decentralized)."""
         spec = self.spec
         if not spec.is_component_decoding:
-            raise ValueError(f"component_means needs a component-decoding prior (prior_type is {spec.prior_type!r})")
-        features, z_mean, _ = self.encode(x)
-        routed = routing.route(self.logits_head(features), ctx, train=False, key=jax.random.PRNGKey(0),
-                               use_gumbel=spec.use_gumbel, use_straight_through=spec.use_straight_through)
-        batch, k = x.shape[0], spec.num_components
+            raise ValueError("decode_every_component needs a component-decoding prior "
+                             f"(prior_type is {spec.prior_type!r})")
+        batch, k = z_mean.shape[0], spec.num_components
         z_items = z_mean if spec.decentralized else jnp.broadcast_to(z_mean[:, None, :], (batch, k, spec.latent_dim))
         embeddings = self.embeddings[...]
-        out, _ = self.decode_items(z_items, jnp.broadcast_to(embeddings, (batch, *embeddings.shape)))
-        return mean_images(spec, out), routed.routing
+        out, sigma = self.decode_items(z_items, jnp.broadcast_to(embeddings, (batch, *embeddings.shape)))
+        return mean_images(spec, out), sigma
 
     # --- forward ------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 r = softmax(ỹ): deterministic responsibilities, used by every regulariser and metric.
 s: routing weights that combine the decoded components — r, or a Gumbel-softmax sample in training.
-ỹ_k = y_k + b_k on active channels and −∞ on inactive ones, so r_k = s_k = 0 exactly there.
+ỹ_k = y_k + b_k on active components and −∞ on inactive ones, so r_k = s_k = 0 exactly there.
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ class RouteCtx:
 
     @staticmethod
     def default(cfg) -> "RouteCtx":
-        """All channels active, no bias, T₀, straight-through as configured."""
+        """All components active, no bias, T₀, straight-through as configured."""
+        k = cfg.model.num_components
+        return RouteCtx.evaluation(cfg, jnp.ones((k,), _F32), cfg.model.gumbel_temperature)
+
+    @staticmethod
+    def evaluation(cfg, active_mask: jax.Array, temperature: jax.Array | float) -> "RouteCtx":
+        """Evaluation routing: the given active components and temperature, no kick bias, and
+        straight-through as configured."""
         m = cfg.model
-        k = m.num_components
         return RouteCtx(
-            active_mask=jnp.ones((k,), _F32),
-            kick_bias=jnp.zeros((k,), _F32),
-            temperature=jnp.asarray(m.gumbel_temperature, _F32),
+            active_mask=jnp.asarray(active_mask, _F32),
+            kick_bias=jnp.zeros((m.num_components,), _F32),
+            temperature=jnp.asarray(temperature, _F32),
             straight_through=jnp.asarray(1.0 if m.use_straight_through_gumbel else 0.0, _F32),
         )
 
@@ -45,7 +51,7 @@ class Routing:
     responsibilities: jax.Array        # r [B, K]
     routing: jax.Array                 # s [B, K]
     soft_sample: jax.Array | None      # ŝ [B, K], training with Gumbel only
-    ranking: jax.Array                 # [B, K] soft probabilities that order the channels for top-M
+    ranking: jax.Array                 # [B, K] soft probabilities that order the components for top-M
 
 
 def is_active(active_mask: jax.Array) -> jax.Array:
@@ -62,13 +68,13 @@ def mask_logits(logits: jax.Array, active_mask: jax.Array, kick_bias: jax.Array 
 
 
 def masked_softmax(masked_logits: jax.Array, active_mask: jax.Array) -> jax.Array:
-    """softmax over the active channels; exactly 0 on inactive ones (at least one must be active)."""
+    """softmax over the active components; exactly 0 on inactive ones (at least one must be active)."""
     probs = jax.nn.softmax(masked_logits, axis=-1)
     return jnp.where(is_active(active_mask), probs, 0.0)
 
 
 def masked_log_softmax(masked_logits: jax.Array, active_mask: jax.Array) -> jax.Array:
-    """log softmax over the active channels; 0 (not −∞) on inactive ones so that products stay finite."""
+    """log softmax over the active components; 0 (not −∞) on inactive ones so that products stay finite."""
     active = is_active(active_mask)
     safe = jnp.where(active, masked_logits, 0.0)
     # Double where: inactive inputs are replaced before the reduction and the outputs after it.
@@ -78,12 +84,11 @@ def masked_log_softmax(masked_logits: jax.Array, active_mask: jax.Array) -> jax.
     return jnp.where(active, safe - log_norm, 0.0)
 
 
-def gumbel_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """g = −log(−log u), u ~ U(0, 1) clamped away from 0 and 1."""
-    finfo = jnp.finfo(_F32)
-    u = jax.random.uniform(key, shape, _F32)
-    u = jnp.clip(u, finfo.tiny, 1.0 - finfo.eps)
-    return -jnp.log(-jnp.log(u))
+def gumbel_softmax_sample(masked_logits: jax.Array, active_mask: jax.Array, temperature: jax.Array,
+                          key: jax.Array) -> jax.Array:
+    """ŝ = softmax((ỹ + g) / T) over the active components, g ~ Gumbel(0, 1) drawn with ``key``."""
+    g = jax.random.gumbel(key, masked_logits.shape, _F32)
+    return masked_softmax((masked_logits + g) / temperature, active_mask)
 
 
 def straight_through(soft: jax.Array) -> jax.Array:
@@ -111,8 +116,7 @@ def route(logits: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array, use_
     r = masked_softmax(masked, mask)
     if not use_gumbel:
         return Routing(responsibilities=r, routing=r, soft_sample=None, ranking=r)
-    g = gumbel_noise(key, logits.shape)
-    soft = masked_softmax((masked + g) / ctx.temperature, mask)  # ŝ
+    soft = gumbel_softmax_sample(masked, mask, ctx.temperature, key)  # ŝ
     if use_straight_through:
         s = jnp.where(ctx.straight_through > 0.5, straight_through(soft), soft)
     else:
@@ -122,15 +126,15 @@ def route(logits: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array, use_
 
 def select_decoded(ranking: jax.Array, routing: jax.Array, active_mask: jax.Array,
                    top_m: int) -> tuple[jax.Array, jax.Array]:
-    """Decoded channels S(b) and their weights w → (index [B, M] int32, weight [B, M]).
+    """Decoded components S(b) and their weights w → (index [B, M] int32, weight [B, M]).
 
-    0 < M < K: the M channels with the largest soft probabilities (ties to the lower index, inactive
-    channels last), weights renormalised over the set, w = s_S / Σ_S s. Otherwise all K channels are
-    decoded with w = s; M = K takes this same path, so it is bit-identical to M = 0.
+    0 < M < K: the M components with the largest soft probabilities (ties to the lower index, inactive
+    components last), weights renormalised over the set, w = s_S / Σ_S s. Otherwise all K components
+    are decoded with w = s; M = K takes this same path, so it is bit-identical to M = 0.
     """
     batch, k = routing.shape
     if 0 < top_m < k:
-        # Inactive channels get −1 (probabilities are ≥ 0), so they rank after every active channel.
+        # Inactive components get −1 (probabilities are ≥ 0), so they rank after every active one.
         order = jnp.where(is_active(active_mask), ranking, -1.0)
         _, index = jax.lax.top_k(order, top_m)  # lax.top_k puts the lower index first among ties
         picked = jnp.take_along_axis(routing, index, axis=-1)

@@ -57,7 +57,7 @@ def check(cfg, image_shape: tuple[int, int, int], num_labeled: int, n_train: int
         key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
 
         def one_step(state, x, y, valid, sched, key):
-            (obj, (fwd, terms, _)), grads = jax.value_and_grad(fns._objective, has_aux=True)(
+            (obj, (fwd, terms, _)), grads = jax.value_and_grad(fns.objective, has_aux=True)(
                 state.params, x, y, y, valid, sched, key, state.tau_counts)  # y stands in for the warm-start targets
             updates, _ = tx.update(grads, state.opt_state, state.params)
             return obj, fwd, terms

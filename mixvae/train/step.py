@@ -1,9 +1,11 @@
-"""The compiled functions of a run: one scanned epoch, one evaluation chunk,
-one diagnostics chunk.
+"""The compiled functions of a run: the train step and the epoch made of it, the evaluation step and
+the diagnostics step.
 
 Everything that changes during training without recompiling — schedule factors, temperature, the
 active mask, the kick bias, the straight-through switch, τ counts — is an array argument. The model
 is used in the functional NNX form: ``graphdef`` is closed over, parameters travel as a state pytree.
+An epoch is one lax.scan over its train steps or, where that is slow (conv models on the CPU), one
+compiled step per host call; both draw the same batches and keep the same running sums.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mixvae.model import RouteCtx, compute_terms, tau as tau_lib
-from mixvae.model.losses import Factors, objective
-from mixvae.model.mixvae import blended_sigma, mean_images
-from mixvae.model.routing import gumbel_noise, mask_logits, masked_softmax
+from mixvae.model import losses
+from mixvae.model import tau as tau_lib
+from mixvae.model.entropy import entropy
+from mixvae.model.inference import label_predictions
+from mixvae.model.losses import IMAGE_TERMS, LABELED_TERMS, STEP_TERMS, Factors, compute_terms, enabled_terms
+from mixvae.model.mixvae import blended_sigma
+from mixvae.model.routing import RouteCtx, gumbel_softmax_sample, mask_logits
 
 F32 = jnp.float32
 # Random streams, folded into the root key.
 STREAM_INIT, STREAM_SHUFFLE, STREAM_STEPS, STREAM_EVAL = 0, 1, 2, 3
+# The diagnostics draw their soft Gumbel sample from the chunk's evaluation key folded with this.
+_DIAGNOSTICS_GUMBEL_STREAM = 7
 
 
 @flax.struct.dataclass
@@ -36,6 +43,15 @@ class Schedule:
     active_mask: jax.Array       # [K]
     kick_bias: jax.Array         # [K]
     cluster_init_scale: jax.Array  # γ(n): weight factor of the warm-start clustering term
+
+    def route(self) -> RouteCtx:
+        """The routing state of the training steps."""
+        return RouteCtx(active_mask=self.active_mask, kick_bias=self.kick_bias, temperature=self.temperature,
+                        straight_through=self.straight_through)
+
+    def factors(self) -> Factors:
+        """The schedule factors β, κ and γ of the objective."""
+        return Factors(kl_z=self.kl_z_scale, kl_c=self.kl_c_scale, cluster_init=self.cluster_init_scale)
 
 
 @flax.struct.dataclass
@@ -69,17 +85,54 @@ def make_optimizer(cfg, params) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def _entropy(p):
-    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+def epoch_batches(n_train: int, batch_size: int, steps: int, epoch, shuffle_key) -> tuple[jax.Array, jax.Array]:
+    """The epoch's batch indices [S, B] and validity mask [S, B], from a device-side permutation.
+
+    When the epoch keeps its remainder, the last batch is padded with image 0 marked invalid.
+    """
+    perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train)
+    total = steps * batch_size
+    pad = total - n_train if total > n_train else 0
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])[:total].reshape(steps, batch_size)
+    if not pad:
+        return idx, jnp.ones((steps, batch_size), F32)
+    return idx, (jnp.arange(total) < n_train).astype(F32).reshape(steps, batch_size)
 
 
-def _argmax_onehot(r, active_mask):
-    k = r.shape[-1]
-    return jax.nn.one_hot(jnp.argmax(jnp.where(active_mask > 0.5, r, -1.0), axis=-1), k, dtype=F32)
+def winner_onehot(responsibilities: jax.Array, active_mask: jax.Array) -> jax.Array:
+    """One-hot of each image's most responsible active component → [B, K]."""
+    k = responsibilities.shape[-1]
+    winner = jnp.argmax(jnp.where(active_mask > 0.5, responsibilities, -1.0), axis=-1)
+    return jax.nn.one_hot(winner, k, dtype=F32)
+
+
+def selected_latent(fwd) -> jax.Array:
+    """The posterior mean of each image → [B, D]; decentralized: that of its most responsible component."""
+    if fwd.z_mean.ndim == 3:
+        winner = jnp.argmax(fwd.responsibilities, axis=-1)
+        return jnp.take_along_axis(fwd.z_mean, winner[:, None, None], axis=1)[:, 0]
+    return fwd.z_mean
+
+
+def sigma_statistics(sigma: jax.Array, x: jax.Array, recon: jax.Array, sigma_min: float,
+                     sigma_max: float) -> dict[str, jax.Array]:
+    """Per image, the pieces of the uncertainty metrics from σ̂ (per pixel [B, H, W, Ch] or per image [B]):
+    Σσ̂, Σσ̂², the number of σ̂ values, how many lie within 1 % of the range's ends, and Σ_p ((x − x̂)/σ̂)²."""
+    n = x.shape[0]
+    margin = 0.01 * (sigma_max - sigma_min)
+    per_pixel = sigma if sigma.ndim == 4 else jnp.broadcast_to(sigma[:, None, None, None], x.shape)
+    saturated = ((per_pixel < sigma_min + margin) | (per_pixel > sigma_max - margin)).astype(F32)
+    return {
+        "sum": jnp.sum(sigma.reshape(n, -1), -1),
+        "sumsq": jnp.sum(jnp.square(sigma.reshape(n, -1)), -1),
+        "count": jnp.full((n,), float(sigma[0].size), F32),
+        "saturated": jnp.sum(saturated.reshape(n, -1), -1) if sigma.ndim == 4 else saturated[:, 0, 0, 0],
+        "z2": jnp.sum(jnp.square((x - recon) / per_pixel), axis=(1, 2, 3)),
+    }
 
 
 class Functions:
-    """Builds the three functions of a run for one config, data shape and batch layout."""
+    """The compiled functions of one run, for one config, data shape and batch layout."""
 
     def __init__(self, cfg, graphdef, tx, *, image_shape, n_train: int, num_labeled: int):
         self.cfg = cfg
@@ -89,24 +142,22 @@ class Functions:
         m, t = cfg.model, cfg.training
         self.batch = t.batch_size
         self.n_train = n_train
-        if t.drop_remainder:
-            self.steps = n_train // self.batch
-        else:
-            self.steps = -(-n_train // self.batch)
+        self.steps = n_train // self.batch if t.drop_remainder else -(-n_train // self.batch)
         self.use_tau = m.use_tau_classifier
         self.mixture = m.is_mixture_based
         self.comp_dec = m.is_component_decoding
         self.gumbel = m.use_gumbel_softmax and self.comp_dec
         self.hetero = m.use_heteroscedastic_decoder
-        self.num_labeled = num_labeled
         self.k = m.num_components
-        self.cluster_init = "loss.cluster_init" in self._step_keys()  # the warm-start term is on
+        enabled = {name for name, reason in enabled_terms(cfg, num_labeled).items() if reason is None}
+        # The enabled terms by how a batch reduces them, as in losses.Terms.
+        self.terms = {group: [name for name in names if name in enabled]
+                      for group, names in (("image", IMAGE_TERMS), ("labeled", LABELED_TERMS), ("step", STEP_TERMS))}
+        self.cluster_init = "loss.cluster_init" in enabled  # the warm-start term is on
         # XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about 8× slower than the same
         # step compiled on its own (measured, docs/performance.md), so conv models on the CPU drive the
         # epoch from the host: one compiled step per call, sums kept on the device, one fetch per epoch.
         self.host_loop = ("conv" in (m.encoder_type, m.decoder_type)) and jax.default_backend() == "cpu"
-
-    # --- helpers --------------------------------------------------------------------------------
 
     def _model(self, params):
         return nnx.merge(self.graphdef, params)
@@ -114,28 +165,38 @@ class Functions:
     def _tau(self, counts):
         return counts if self.use_tau else None
 
-    def _objective(self, params, x, y, c, valid, sched: Schedule, key, tau_counts):
+    # --- the train step -------------------------------------------------------------------------
+
+    def objective(self, params, x, y, c, valid, sched: Schedule, key, tau_counts):
+        """The training objective on one batch → (L, (forward pass, terms, labeled mask)).
+
+        ``c`` holds the warm-start clusters of the images (ignored unless that term is on).
+        """
         model = self._model(params)
-        ctx = RouteCtx(active_mask=sched.active_mask, kick_bias=sched.kick_bias,
-                       temperature=sched.temperature, straight_through=sched.straight_through)
-        fwd = model(x, ctx, train=True, key=key)
-        factors = Factors(kl_z=sched.kl_z_scale, kl_c=sched.kl_c_scale, cluster_init=sched.cluster_init_scale)
-        loss, terms = objective(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts), factors,
-                                c if self.cluster_init else None)
+        fwd = model(x, sched.route(), train=True, key=key)
+        loss, terms = losses.objective(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts), sched.factors(),
+                                       c if self.cluster_init else None)
         labeled = ((y >= 0) & (valid > 0)).astype(F32)
         return loss, (fwd, terms, labeled)
 
-    # --- the epoch ------------------------------------------------------------------------------
+    def train_step(self, state: TrainState, sums, train_x, train_y, train_c, bidx, bvalid, sched: Schedule,
+                   steps_key):
+        """One optimiser step on the batch ``bidx``: the gradient of the objective, the optimiser update,
+        τ evidence from this step's responsibilities (before the update) and the epoch's running sums."""
+        x, y, c = train_x[bidx], train_y[bidx], train_c[bidx]
+        key = jax.random.fold_in(steps_key, state.step)
+        grad_fn = jax.value_and_grad(self.objective, has_aux=True)
+        (loss, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, c, bvalid, sched, key,
+                                                       state.tau_counts)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        counts = state.tau_counts
+        if self.use_tau:
+            counts = tau_lib.update_counts(counts, fwd.responsibilities, y, bvalid)
+        sums = self.add_to_sums(sums, fwd, terms, labeled, bvalid, loss, sched.active_mask)
+        return TrainState(params=params, opt_state=opt_state, tau_counts=counts, step=state.step + 1), sums
 
-    def _batches(self, epoch, shuffle_key):
-        """The epoch's batch indices [S, B] and validity mask [S, B], from a device-side permutation."""
-        n, b, s = self.n_train, self.batch, self.steps
-        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
-        total = s * b
-        pad = total - n if total > n else 0
-        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])[:total].reshape(s, b)
-        valid = (jnp.arange(total) < n).astype(F32).reshape(s, b) if pad else jnp.ones((s, b), F32)
-        return idx, valid
+    # --- the epoch ------------------------------------------------------------------------------
 
     def _decay_tau(self, state: TrainState) -> TrainState:
         """N ← α₀ + δ (N − α₀) at the start of each epoch."""
@@ -145,77 +206,44 @@ class Functions:
         return state.replace(tau_counts=tau_lib.decay_counts(state.tau_counts, m.tau_smoothing_alpha,
                                                              m.tau_count_decay))
 
-    def _train_step(self, state: TrainState, sums, train_x, train_y, train_c, bidx, bvalid, sched: Schedule,
-                    steps_key):
-        """One optimiser step on the batch ``bidx``; τ evidence and the epoch sums updated."""
-        x, y, c = train_x[bidx], train_y[bidx], train_c[bidx]
-        key = jax.random.fold_in(steps_key, state.step)
-        grad_fn = jax.value_and_grad(self._objective, has_aux=True)
-        (loss, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, c, bvalid, sched, key,
-                                                       state.tau_counts)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        counts = state.tau_counts
-        if self.use_tau:  # evidence from this step's deterministic responsibilities (pre-update)
-            counts = tau_lib.update_counts(counts, fwd.responsibilities, y, bvalid)
-        sums = self._accumulate(sums, fwd, terms, labeled, bvalid, loss, sched.active_mask)
-        return TrainState(params=params, opt_state=opt_state, tau_counts=counts, step=state.step + 1), sums
-
     def epoch(self, state: TrainState, train_x, train_y, train_c, sched: Schedule, epoch, shuffle_key, steps_key):
         """One epoch: permute on the device, gather batches, lax.scan over the train steps."""
-        idx, valid = self._batches(epoch, shuffle_key)
+        idx, valid = epoch_batches(self.n_train, self.batch, self.steps, epoch, shuffle_key)
         state = self._decay_tau(state)
 
         def body(carry, batch):
-            return self._train_step(*carry, train_x, train_y, train_c, *batch, sched, steps_key), None
+            return self.train_step(*carry, train_x, train_y, train_c, *batch, sched, steps_key), None
 
-        (state, sums), _ = jax.lax.scan(body, (state, self._zero_sums()), (idx, valid))
+        (state, sums), _ = jax.lax.scan(body, (state, self.zero_sums()), (idx, valid))
         return state, sums
 
     def epoch_step(self, state: TrainState, sums, train_x, train_y, train_c, sched: Schedule, epoch, step_in_epoch,
                    shuffle_key, steps_key):
-        """Step ``step_in_epoch`` of an epoch, for the host-driven epoch (``host_loop``): the same
-        permutation, batches, τ decay and sums as the scanned epoch, one compiled step per call."""
-        idx, valid = self._batches(epoch, shuffle_key)
+        """Step ``step_in_epoch`` of an epoch driven from the host (``host_loop``): the same permutation,
+        batches, τ decay and sums as the scanned epoch, one compiled step per call."""
+        idx, valid = epoch_batches(self.n_train, self.batch, self.steps, epoch, shuffle_key)
         if self.use_tau:
             decayed = self._decay_tau(state).tau_counts
             state = state.replace(tau_counts=jnp.where(step_in_epoch == 0, decayed, state.tau_counts))
-        return self._train_step(state, sums, train_x, train_y, train_c, idx[step_in_epoch], valid[step_in_epoch],
-                                sched, steps_key)
+        return self.train_step(state, sums, train_x, train_y, train_c, idx[step_in_epoch], valid[step_in_epoch],
+                               sched, steps_key)
 
-    def zero_sums(self):
-        return self._zero_sums()
+    # --- the epoch's running sums -------------------------------------------------------------------
 
-    def _zero_sums(self):
+    def zero_sums(self) -> dict:
+        """The running sums of an epoch before its first step; the host divides them once per epoch."""
         z = jnp.zeros((), F32)
-        k = self.k
         sums = {"n_images": z, "n_steps": z, "n_labeled": z, "loss.objective": z,
-                "image": {key: z for key in self._image_keys()},
-                "labeled": {key: z for key in self._labeled_keys()},
-                "step": {key: z for key in self._step_keys()}}
+                **{group: {name: z for name in names} for group, names in self.terms.items()}}
         if self.mixture:
-            sums.update(usage=jnp.zeros((k,), F32), confidence=z, entropy=z, winners=jnp.zeros((k,), F32))
+            sums.update(usage=jnp.zeros((self.k,), F32), confidence=z, entropy=z, winners=jnp.zeros((self.k,), F32))
         if self.gumbel:
             sums["routing_confidence"] = z
         return sums
 
-    def _image_keys(self):
-        from mixvae.model import enabled_terms
-        return [k for k, r in enabled_terms(self.cfg, self.num_labeled).items()
-                if r is None and k in ("loss.recon", "loss.kl_z", "loss.kl_c", "loss.kl_c_logit_mog")]
-
-    def _labeled_keys(self):
-        from mixvae.model import enabled_terms
-        return [k for k, r in enabled_terms(self.cfg, self.num_labeled).items()
-                if r is None and k == "loss.classifier"]
-
-    def _step_keys(self):
-        from mixvae.model import enabled_terms
-        return [k for k, r in enabled_terms(self.cfg, self.num_labeled).items()
-                if r is None and k in ("loss.dirichlet", "loss.diversity", "loss.usage_balance", "loss.l1",
-                                      "loss.cluster_init")]
-
-    def _accumulate(self, sums, fwd, terms, labeled, valid, objective, active_mask):
+    def add_to_sums(self, sums, fwd, terms, labeled, valid, objective, active_mask) -> dict:
+        """The running sums after one step: per-image terms and mixture statistics summed over the valid
+        images, labeled terms over the labeled ones, per-batch terms once."""
         out = dict(sums)
         out["n_images"] = sums["n_images"] + jnp.sum(valid)
         out["n_steps"] = sums["n_steps"] + 1.0
@@ -229,92 +257,65 @@ class Functions:
             v = valid[:, None]
             out["usage"] = sums["usage"] + jnp.sum(r * v, axis=0)
             out["confidence"] = sums["confidence"] + jnp.sum(jnp.max(r, axis=-1) * valid)
-            out["entropy"] = sums["entropy"] + jnp.sum(_entropy(r) * valid)
-            out["winners"] = sums["winners"] + jnp.sum(_argmax_onehot(r, active_mask) * v, axis=0)
+            out["entropy"] = sums["entropy"] + jnp.sum(entropy(r) * valid)
+            out["winners"] = sums["winners"] + jnp.sum(winner_onehot(r, active_mask) * v, axis=0)
         if self.gumbel:
             out["routing_confidence"] = sums["routing_confidence"] + jnp.sum(jnp.max(fwd.soft_sample, -1) * valid)
         return out
 
-    # --- evaluation ------------------------------------------------------------------------------
+    # --- the evaluation step --------------------------------------------------------------------
 
-    def _eval_forward(self, params, x, active_mask, temperature, key):
+    def _evaluation_forward(self, params, x, active_mask, temperature, key):
         model = self._model(params)
-        k = self.k
-        ctx = RouteCtx(active_mask=active_mask, kick_bias=jnp.zeros((k,), F32), temperature=temperature,
-                       straight_through=jnp.asarray(1.0 if self.cfg.model.use_straight_through_gumbel else 0.0, F32))
-        return model, model(x, ctx, train=False, key=key)
+        return model, model(x, RouteCtx.evaluation(self.cfg, active_mask, temperature), train=False, key=key)
 
     def evaluate(self, params, tau_counts, x, y, valid, active_mask, temperature, chunk_index, eval_key):
-        """Evaluation mode on one chunk → per-image arrays (host reductions happen once per split)."""
+        """Evaluation mode on one chunk of a split → per-image arrays (the host reduces them once per
+        split): the loss terms, the selected latent, responsibilities, predicted labels, σ̂ statistics."""
         key = jax.random.fold_in(eval_key, chunk_index)
-        model, fwd = self._eval_forward(params, x, active_mask, temperature, key)
+        model, fwd = self._evaluation_forward(params, x, active_mask, temperature, key)
         terms = compute_terms(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts))
-        out = {"image": terms.image, "labeled": terms.labeled, "step": terms.step,
-               "z_selected": self._selected_latent(fwd)}
+        out = {"image": terms.image, "labeled": terms.labeled, "step": terms.step, "z_selected": selected_latent(fwd)}
         if self.mixture:
             out["responsibilities"] = fwd.responsibilities
+        predicted = label_predictions(model.spec, fwd, tau_counts)
         if self.use_tau:
-            tau = tau_lib.tau_map(tau_counts)
-            pred, certainty, _ = tau_lib.predict(fwd.responsibilities, tau)
-            out.update(tau_pred=pred, tau_certainty=certainty, tau_ood=tau_lib.ood_score(fwd.responsibilities, tau))
-        if fwd.class_logits is not None:
-            probs = jax.nn.softmax(fwd.class_logits, axis=-1)
-            out.update(class_pred=jnp.argmax(probs, -1), class_certainty=jnp.max(probs, -1))
+            out.update(tau_pred=predicted["predicted_label"], tau_certainty=predicted["certainty"],
+                       tau_ood=predicted["ood_score"])
+        elif predicted:
+            out.update(class_pred=predicted["predicted_label"], class_certainty=predicted["certainty"])
         if self.hetero:
-            sigma = blended_sigma(fwd)
-            lo, hi = self.cfg.model.sigma_min, self.cfg.model.sigma_max
-            margin = 0.01 * (hi - lo)
-            per_pixel = sigma if sigma.ndim == 4 else jnp.broadcast_to(sigma[:, None, None, None], x.shape)
-            axes = (1, 2, 3)
-            sat = ((per_pixel < lo + margin) | (per_pixel > hi - margin)).astype(F32)
-            out["sigma"] = {
-                "sum": jnp.sum(sigma.reshape(x.shape[0], -1), -1),
-                "sumsq": jnp.sum(jnp.square(sigma.reshape(x.shape[0], -1)), -1),
-                "count": jnp.full((x.shape[0],), float(sigma[0].size), F32),
-                "saturated": jnp.sum(sat.reshape(x.shape[0], -1), -1) if sigma.ndim == 4
-                else sat[:, 0, 0, 0],
-                "z2": jnp.sum(jnp.square((x - fwd.recon) / per_pixel), axis=axes),
-            }
+            m = self.cfg.model
+            out["sigma"] = sigma_statistics(blended_sigma(fwd), x, fwd.recon, m.sigma_min, m.sigma_max)
         return out
 
-    def _selected_latent(self, fwd):
-        if fwd.z_mean.ndim == 3:  # decentralized: the latent of the argmax component
-            winner = jnp.argmax(fwd.responsibilities, axis=-1)
-            return jnp.take_along_axis(fwd.z_mean, winner[:, None, None], axis=1)[:, 0]
-        return fwd.z_mean
-
-    # --- diagnostics ------------------------------------------------------------------
+    # --- the diagnostics step -------------------------------------------------------------------
 
     def diagnostics(self, params, tau_counts, x, fixed_x, active_mask, temperature, chunk_index, eval_key):
-        """Per-image arrays for the diagnostics file, and every component's mean image for fixed images."""
+        """Per-image arrays for the diagnostics file, and the fixed images' reconstructions and, for
+        component-decoding priors, every component's mean image."""
         key = jax.random.fold_in(eval_key, chunk_index)
-        model, fwd = self._eval_forward(params, x, active_mask, temperature, key)
+        _, fwd = self._evaluation_forward(params, x, active_mask, temperature, key)
         out = {"z_mean": fwd.z_mean}
         if fwd.kl_per_component is not None:
             out["kl_per_component"] = fwd.kl_per_component
         if self.gumbel:  # one training-mode soft Gumbel sample ŝ at the last temperature
-            masked = mask_logits(fwd.logits, active_mask)
-            g = gumbel_noise(jax.random.fold_in(key, 7), fwd.logits.shape)
-            out["routing_sampled"] = masked_softmax((masked + g) / temperature, active_mask)
+            gumbel_key = jax.random.fold_in(key, _DIAGNOSTICS_GUMBEL_STREAM)
+            out["routing_sampled"] = gumbel_softmax_sample(mask_logits(fwd.logits, active_mask), active_mask,
+                                                           temperature, gumbel_key)
         if self.hetero:
             out["sigma"] = blended_sigma(fwd)
-        # Fixed images: reconstructions and, for component-decoding priors, every component's mean image.
-        fmodel, ffwd = self._eval_forward(params, fixed_x, active_mask, temperature, key)
-        out["fixed_recon"] = ffwd.recon
+        out.update(self._fixed_image_diagnostics(params, fixed_x, active_mask, temperature, key))
+        return out
+
+    def _fixed_image_diagnostics(self, params, fixed_x, active_mask, temperature, key) -> dict:
+        model, fwd = self._evaluation_forward(params, fixed_x, active_mask, temperature, key)
+        out = {"fixed_recon": fwd.recon}
         if self.hetero:
-            out["fixed_sigma"] = blended_sigma(ffwd)
+            out["fixed_sigma"] = blended_sigma(fwd)
         if self.comp_dec:
-            n = fixed_x.shape[0]
-            emb = fmodel.embeddings[...]
-            if ffwd.z_mean.ndim == 3:
-                z = ffwd.z_mean
-            else:
-                z = jnp.broadcast_to(ffwd.z_mean[:, None, :], (n, self.k, ffwd.z_mean.shape[-1]))
-            e = jnp.broadcast_to(emb[None], (n, *emb.shape))
-            o, sig = fmodel.decode(z.reshape(n * self.k, -1), e.reshape(n * self.k, -1))
-            out["fixed_percomp"] = mean_images(fmodel.spec, o).reshape(n, self.k, *self.image_shape)
-            out["fixed_weights"] = ffwd.routing
-            out["fixed_resp"] = ffwd.responsibilities
-            if sig is not None:
-                out["fixed_percomp_sigma"] = sig.reshape(n, self.k, *sig.shape[1:])
+            means, sigma = model.decode_every_component(fwd.z_mean)
+            out.update(fixed_percomp=means, fixed_weights=fwd.routing, fixed_resp=fwd.responsibilities)
+            if sigma is not None:
+                out["fixed_percomp_sigma"] = sigma
         return out
