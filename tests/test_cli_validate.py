@@ -1,4 +1,4 @@
-"""`mixvae validate` and `mixvae train --validate-only` through the real CLI: the four validation stages, exit codes, output.
+"""`mixvae validate` and `mixvae train --validate-only` through the real CLI: stages, exit codes, output.
 
 Most cases run in-process through click's CliRunner; a few run the installed console script (and
 `python -m mixvae`) as a subprocess, which is what users and MLproject call.
