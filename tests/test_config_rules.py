@@ -12,6 +12,7 @@ import pytest
 from config_helpers import load, problems, the_line, warnings_of
 
 from mixvae.config import APPLIES, Config, schema_keys
+from mixvae.config.applicability import classifier_head
 
 
 @pytest.fixture(autouse=True)
@@ -310,3 +311,10 @@ def test_reserved_tag_prefixes(tags):
 def test_tags_from_a_list_become_true():
     cfg = load({"experiment": {"tags": ["baseline", "paper"]}}).config
     assert cfg.experiment.tags == {"baseline": "true", "paper": "true"}
+
+
+@pytest.mark.parametrize("model", [{}, {"use_tau_classifier": True, "num_components": 12}, {"label_weight": 0}])
+@pytest.mark.parametrize("num_labeled", [0, 50])
+def test_the_head_is_trained_exactly_when_its_condition_holds(model, num_labeled):
+    cfg = Config.model_validate({"model": model})
+    assert cfg.model.head_trained(num_labeled) == (classifier_head(cfg, num_labeled) is None)

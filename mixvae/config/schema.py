@@ -219,7 +219,8 @@ class ModelConfig(_Section):
         return self.prior_type in COMPONENT_DECODING
 
     def head_trained(self, num_labeled: int) -> bool:
-        """The classifier head exists only with labeled images, label_weight > 0 and τ off."""
+        """The classifier head exists only with labeled images, label_weight > 0 and τ off
+        (``applicability.classifier_head`` gives the reason when not; a test keeps the two equal)."""
         return num_labeled > 0 and self.label_weight > 0 and not self.use_tau_classifier
 
     @property
