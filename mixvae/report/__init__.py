@@ -2,6 +2,15 @@
 
 Everything here reads a `RunRecord` (see docs/architecture.md) and never a model; matplotlib is
 imported only when a figure is drawn.
+
+- build.py       build_report: plots, then the sections in order, rendered to Markdown and HTML
+- sections.py    the sections of REPORT.md
+- health.py      training-health diagnosis: the alarms (collapse, dead components, overfitting, …)
+- config_diff.py the resolved keys that differ from the schema default
+- formatting.py  numbers, sizes, times and metric keys as the reports write them
+- document.py    the small document model and its Markdown and HTML renderers
+- compare.py     build_compare: COMPARE.md for two or more runs
+- plots/         the figure catalogue and the figures
 """
 
 from .build import ReportResult, build_report

@@ -113,7 +113,7 @@ class MixvaeModel(mlflow.pyfunc.PythonModel):
         table: dict[str, np.ndarray] = {}
         responsibilities = outputs.get("responsibilities")
         if responsibilities is not None and self.active_mask is not None:
-            # r_k = 0 for channels closed at the best epoch
+            # r_k = 0 for components closed at the best epoch
             responsibilities = np.where(np.asarray(self.active_mask)[None, :], responsibilities, 0.0)
         for name, kind in columns:
             if name.startswith("responsibility_"):
