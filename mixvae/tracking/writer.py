@@ -1,7 +1,7 @@
 """The seam between the trainer and a tracking backend.
 
-The trainer only sees `RunWriter`. `MlflowWriter` (mixvae/tracking/mlflow_run.py) sends everything to
-MLflow from a background thread; `MemoryWriter` keeps everything in memory for tests and notebooks.
+The trainer only sees `RunWriter`. `MlflowWriter` (mixvae/tracking/mlflow_writer.py) sends everything
+to MLflow from one worker thread; `MemoryWriter` keeps everything in memory for tests and notebooks.
 This module does not import mlflow.
 """
 
