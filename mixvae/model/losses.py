@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from mixvae.metrics.keys import KEYS
+from mixvae.config.metric_table import KEYS
 from mixvae.model import tau as tau_lib
 from mixvae.model.entropy import entropy, xlogx
 from mixvae.model.routing import is_active, masked_log_softmax
@@ -174,9 +174,9 @@ class Terms:
 
 
 def enabled_terms(cfg, num_labeled: int) -> dict[str, str | None]:
-    """Every loss term (not loss.total/objective) → None when enabled, else the disabled reason.
+    """Every term of the objective → None when enabled, else the reason it is disabled.
 
-    The applicability rules live once, in ``mixvae.metrics.keys``.
+    When a term applies is decided once, by its metric key's condition in ``mixvae.config.metric_table``.
     """
     return {name: KEYS[name].applies(cfg, num_labeled) for name in LOSS_TERMS}
 

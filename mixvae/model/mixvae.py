@@ -14,14 +14,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from mixvae.config import COMPONENT_DECODING, MIXTURE_BASED, resolved_conditioning
 from mixvae.model import priors, routing
 from mixvae.model.networks import (ClassifierHead, Conditioning, DecoderBackbone, Encoder, OutputHead,
                                    bound_logvar)
 from mixvae.model.routing import RouteCtx
-
-MIXTURE_BASED = ("mixture", "vamp", "geometric_mog")
-COMPONENT_DECODING = ("mixture", "geometric_mog")
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -69,7 +66,7 @@ class ModelSpec:
     @staticmethod
     def from_config(cfg, image_shape: tuple[int, int, int]) -> "ModelSpec":
         m = cfg.model
-        component_decoding = m.prior_type in COMPONENT_DECODING
+        component_decoding = m.is_component_decoding
         hetero = bool(m.use_heteroscedastic_decoder)
         if m.use_tau_classifier:
             classifier = "tau"
@@ -77,9 +74,8 @@ class ModelSpec:
             classifier = "head"
         else:
             classifier = None
-        conditioning = m.decoder_conditioning if component_decoding else "none"
-        if conditioning == "auto":  # a resolved config never says auto; keep the rule in one place anyway
-            conditioning = "cin"
+        # Only component-decoding priors have component embeddings to condition the decoder on.
+        conditioning = resolved_conditioning(m.prior_type, m.decoder_conditioning) if component_decoding else "none"
         embedding_dim = m.component_embedding_dim if m.component_embedding_dim is not None else m.latent_dim
         return ModelSpec(
             image_shape=tuple(int(v) for v in image_shape),
