@@ -1,4 +1,4 @@
-"""Properties of the model's math: KLs, routing, gating, likelihoods, τ (SPEC §5.5, §5.7, §6.1, §6.4)."""
+"""Properties of the model's math: KLs, routing, gating, likelihoods, τ, entropy, dropout and the objective."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ BATCH = 4
 def logits_and_mask(draw):
     logits = draw(arrays((BATCH, K), -6.0, 6.0))
     bits = draw(st.lists(st.booleans(), min_size=K, max_size=K))
-    bits[draw(st.integers(0, K - 1))] = True  # at least one channel is active
+    bits[draw(st.integers(0, K - 1))] = True  # at least one component is active
     return logits, np.asarray(bits, np.float32)
 
 
@@ -147,7 +147,7 @@ def _masked_case(logits, mask, bias, pi_logits, coeffs, key, *, train, mode):
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("mode", ["plain", "soft", "st"])
-def test_masked_channels_have_exactly_zero_weight_and_finite_gradients(mode, train):
+def test_masked_components_have_exactly_zero_weight_and_finite_gradients(mode, train):
     @settings(max_examples=10, deadline=None)
     @given(logits_and_mask(), arrays((K,), 0, 5), arrays((K,), -2, 2), arrays((BATCH, K)), st.integers(0, 2**31 - 1))
     def check(case, bias, pi_logits, coeffs, seed):
@@ -185,7 +185,7 @@ def test_top_m_selection_prefers_lower_index_on_ties_and_ranks_inactive_last():
     index, weight = routing.select_decoded(ranking, s, mask, 2)
     np.testing.assert_array_equal(index[0], [2, 0])
     np.testing.assert_allclose(weight[0], [0.5 / 0.75, 0.25 / 0.75], rtol=1e-6)
-    assert 3 not in np.asarray(index[1])  # the inactive channel ranks after every active one
+    assert 3 not in np.asarray(index[1])  # the inactive component ranks after every active one
     np.testing.assert_array_equal(index[1], [0, 1])
     full_index, full_weight = routing.select_decoded(ranking, s, mask, 4)  # M = K: all, w = s
     np.testing.assert_array_equal(full_index, np.tile(np.arange(4), (2, 1)))
@@ -366,12 +366,12 @@ def test_ood_score_extremes():
     np.testing.assert_allclose(vague, 0.75, rtol=1e-6)
 
 
-def test_tau_decay_free_channels_and_cross_entropy():
+def test_tau_decay_free_components_and_cross_entropy():
     counts = jnp.asarray([[1.0, 5.0], [1.0, 1.2], [3.0, 1.0]])
     np.testing.assert_allclose(tau.decay_counts(counts, 1.0, 0.5), [[1.0, 3.0], [1.0, 1.1], [2.0, 1.0]])
     np.testing.assert_array_equal(tau.decay_counts(counts, 1.0, 1.0), counts)
-    free = tau.free_channels(counts, 1.0, 1.0, jnp.asarray([1.0, 1.0, 0.0]))
-    np.testing.assert_array_equal(free, [False, True, False])  # inactive channels are never free
+    free = tau.free_components(counts, 1.0, 1.0, jnp.asarray([1.0, 1.0, 0.0]))
+    np.testing.assert_array_equal(free, [False, True, False])  # inactive components are never free
     r = jnp.asarray([[1.0, 0.0, 0.0]])
     ce = tau.cross_entropy(r, tau.tau_map(counts), jnp.asarray([1]))
     np.testing.assert_allclose(ce, -np.log(5 / 6 + 1e-8), rtol=1e-6)
@@ -470,3 +470,41 @@ def test_responsibility_weighted_latent_kl_charges_each_image_for_its_components
     np.testing.assert_allclose(fwds[0].kl_z, (np.asarray(fwds[0].responsibilities) * per_component).sum(-1),
                                rtol=1e-5)
     np.testing.assert_allclose(fwds[1].kl_z, per_component.sum(-1), rtol=1e-5)
+
+
+# --- entropy, dropout and the objective's term names ------------------------------------------------
+
+def test_one_entropy_for_device_and_host_arrays():
+    from mixvae.model.entropy import entropy
+    p = np.asarray([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    expected = [np.log(2.0), 0.0, -(0.2 * np.log(0.2) + 0.3 * np.log(0.3) + 0.5 * np.log(0.5))]
+    host = entropy(p)
+    assert host.dtype == np.float64  # host metrics keep their precision
+    np.testing.assert_allclose(host, expected, rtol=1e-12)
+    np.testing.assert_allclose(entropy(jnp.asarray(p, jnp.float32)), expected, rtol=1e-6)
+    grad = jax.grad(lambda q: entropy(q)[0])(jnp.asarray(p, jnp.float32))
+    assert np.all(np.isfinite(grad)) and float(grad[0, 2]) == 0.0  # no NaN where p = 0
+
+
+def test_classifier_head_dropout_draws_from_the_explicit_key_and_holds_no_rng_state():
+    from mixvae.model.networks import ClassifierHead
+    head = ClassifierHead(4, 64, 3, 0.5, rngs=nnx.Rngs(0))
+    assert not jax.tree_util.tree_leaves(nnx.state(head, nnx.RngState))
+    h, key, other = jnp.ones((8, 4)), jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    trained = head(h, train=True, key=key)
+    np.testing.assert_array_equal(trained, head(h, train=True, key=key))
+    assert not np.allclose(trained, head(h, train=True, key=other))
+    np.testing.assert_array_equal(head(h, train=False, key=key), head(h, train=False, key=other))
+    # Block i keeps a unit with probability 1 − rate, drawn with the key folded with i, and rescales it.
+    manual = h
+    for i, layer in enumerate(head.hidden):
+        manual = jax.nn.leaky_relu(layer(manual), 0.01)
+        manual = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, manual.shape), manual / 0.5, 0.0)
+    np.testing.assert_allclose(trained, head.logits(manual), rtol=1e-6)
+
+
+def test_the_objective_names_every_logged_loss_term():
+    from mixvae.metrics.keys import LOSS_TERMS as logged
+    assert sorted(losses.LOSS_TERMS) == sorted(logged)
+    groups = (losses.IMAGE_TERMS, losses.LABELED_TERMS, losses.STEP_TERMS)
+    assert sum(len(g) for g in groups) == len(set().union(*groups)) == len(losses.LOSS_TERMS)

@@ -1,4 +1,4 @@
-"""Forward shapes (SPEC §5.1), loss-term wiring (§6.1), conditioning at init (§5.6), weights round trip."""
+"""Forward shapes, loss-term wiring, decoder conditioning at initialisation, the weights round trip."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def test_recon_blends_probabilities_for_bernoulli_outputs():
     assert np.all((np.asarray(fwd.recon) >= 0) & (np.asarray(fwd.recon) <= 1))
 
 
-def test_inactive_channels_get_zero_weight_and_gradients_stay_finite():
+def test_inactive_components_get_zero_weight_and_gradients_stay_finite():
     cfg = make_cfg({"latent_layout": "decentralized", "c_regularizer": "both", "use_gumbel_softmax": True,
                     "top_m_gating": 3, "learnable_pi": True, "dirichlet_alpha": 3.0})
     net = MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(0))
@@ -218,7 +218,7 @@ def test_inactive_channels_get_zero_weight_and_gradients_stay_finite():
         assert np.all(np.isfinite(np.asarray(leaf)))
     assert np.all(np.asarray(fwd.responsibilities)[:, 2:] == 0.0)
     assert np.all(np.asarray(fwd.routing)[:, 2:] == 0.0)
-    # Spare top-M slots decode inactive channels with weight exactly 0.
+    # Spare top-M slots decode inactive components with weight exactly 0.
     index, weight = np.asarray(fwd.decoded_index), np.asarray(fwd.decoded_weight)
     assert np.all(weight[index >= 2] == 0.0)
     assert np.all(np.asarray(grads["pi_logits"][...])[2:] == 0.0)
@@ -313,7 +313,7 @@ def test_weights_round_trip_is_bit_identical(name, tmp_path):
     expected_keys = {"reconstruction_error"}
     if cfg.model.is_mixture_based:
         expected_keys |= {"component", "responsibilities"}
-        assert np.all(np.asarray(original["responsibilities"])[:, 3] == 0.0)  # closed channel
+        assert np.all(np.asarray(original["responsibilities"])[:, 3] == 0.0)  # closed component
     if cfg.model.use_tau_classifier:
         expected_keys |= {"predicted_label", "certainty", "ood_score"}
     elif cfg.model.head_trained(num_labeled):

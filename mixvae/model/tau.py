@@ -63,7 +63,7 @@ def cross_entropy(responsibilities: jax.Array, tau: jax.Array, labels: jax.Array
     return -jnp.log(p_true + 1e-8)
 
 
-def free_channels(counts: jax.Array, alpha0: float, threshold: float, active_mask: jax.Array) -> jax.Array:
-    """bool [K]: active channels whose labeled evidence n_k = Σ_c (N_{k,c} − α₀) is below the threshold."""
+def free_components(counts: jax.Array, alpha0: float, threshold: float, active_mask: jax.Array) -> jax.Array:
+    """bool [K]: active components whose labeled evidence n_k = Σ_c (N_{k,c} − α₀) is below the threshold."""
     evidence = jnp.sum(counts - alpha0, axis=-1)
     return (evidence < threshold) & (active_mask > 0.5)

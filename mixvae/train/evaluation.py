@@ -54,7 +54,7 @@ def tau_and_free(cfg, tau_counts, active_mask) -> tuple[np.ndarray, np.ndarray]:
     m = cfg.model
     counts = np.asarray(tau_counts)
     tau = np.asarray(tau_lib.tau_map(counts))
-    free = np.asarray(tau_lib.free_channels(counts, m.tau_smoothing_alpha, m.tau_free_count_threshold,
+    free = np.asarray(tau_lib.free_components(counts, m.tau_smoothing_alpha, m.tau_free_count_threshold,
                                             active_mask)).astype(bool)
     return tau, free
 
