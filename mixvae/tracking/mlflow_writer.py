@@ -218,7 +218,8 @@ class MlflowWriter:
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the worker after the submitted calls (waiting at most `timeout` s; calls not
-        started by then are dropped). Does not end the run: call `set_status` first."""
+        started by then are dropped, and a call still running finishes before the process exits,
+        within MLflow's HTTP timeout and retries). Does not end the run: call `set_status` first."""
         if self._closed:
             return
         self._closed = True
