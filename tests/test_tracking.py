@@ -52,8 +52,8 @@ def test_uri_module_and_memory_writer_do_not_import_mlflow():
     code = ("import sys; import mixvae.tracking_uri; from mixvae.tracking import MemoryWriter; "
             "print('mlflow' in sys.modules)")
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(root), "PATH": ""})
+    env = {"PYTHONPATH": str(root), "PATH": "", "PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ in the repository
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
 
 
