@@ -1,6 +1,11 @@
-"""What `mixvae train` does, in order: data → MLflow run → params, tags, inputs →
-compile → train → best restore, final evaluation → summary, diagnostics, checkpoints, model → report →
-run status. The CLI parses options; this module owns the sequence and its failure paths.
+"""What `mixvae train` does, in order, as named steps: load data → open the MLflow run → log inputs
+(params, dataset, config) → train (compile, epochs, best restore and final evaluation) → finish
+(summary, diagnostics, checkpoints) → log model → report → close with the run's status.
+
+The CLI parses options; this module owns the sequence and its failure paths: a runtime failure marks
+the run FAILED with the reason and keeps the last checkpoint; Ctrl-C or SIGTERM marks it KILLED and
+uploads the last checkpoint so that `mixvae train --resume` can continue it. Local files go under
+`paths.checkpoints_dir(run_id)` in the working directory.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixvae import __version__
+from mixvae import __version__, paths
 from mixvae.config import (Loaded, architecture_code, config_hash, flatten, model_summary_line, to_yaml)
 from mixvae.console import Console
 
@@ -91,17 +96,66 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+@dataclass
+class _Run:
+    """What every step of a training run works with, once the MLflow run exists."""
+    loaded: Loaded
+    ds: object                   # mixvae.data.Dataset
+    writer: object               # mixvae.tracking.writer.RunWriter
+    console: Console
+    uri: str
+    uri_source: str
+    run_dir: Path                # local checkpoints, diagnostics, weights and staged artifacts
+    t_start: float
+    out: Outcome
+    verbose: bool
+
+    @property
+    def cfg(self):
+        return self.loaded.config
+
+    @property
+    def run_id(self) -> str:
+        return self.writer.run_id
+
+    @property
+    def staging(self) -> Path:
+        return self.run_dir / "artifacts"
+
+
 def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, experiment_from_cli: bool = False,
           run_name_explicit: bool = False, resume_run_id: str | None = None, resume_dir: Path | None = None,
           resume_overrides: list[str] | None = None, nested_parent_id: str | None = None,
           verbose: bool = False) -> Outcome:
     """One training run, start to status. Raises UsageError for exit-2 problems found before a run exists."""
-    from mixvae.data import DataError, load_dataset
+    from mixvae.tracking.writer import TrackingError
     from mixvae.tracking_uri import check_uri, resolve_tracking_uri
 
     t_start = time.perf_counter()
-    cfg = loaded.config
     phases: dict[str, float] = {}
+    ds = _load_data(loaded.config, console, phases)
+    uri, uri_source = resolve_tracking_uri(cli_uri, loaded.config.tracking.uri)
+    problem = check_uri(uri)
+    if problem:
+        raise UsageError(problem)
+    try:
+        with _Phase(phases, "store"):
+            writer = _open_run(loaded, ds, uri, run_name_explicit=run_name_explicit,
+                               experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
+                               nested_parent_id=nested_parent_id)
+    except TrackingError as exc:
+        console.error(f"error: {exc}")
+        return Outcome(EXIT_RUNTIME)
+    run = _Run(loaded, ds, writer, console, uri, uri_source, paths.checkpoints_dir(writer.run_id), t_start,
+               Outcome(EXIT_RUNTIME, run_id=writer.run_id, phases=phases), verbose)
+    try:
+        return _train_in_run(run, resume_dir, resume_overrides)
+    finally:
+        writer.close(timeout=30)
+
+
+def _load_data(cfg, console: Console, phases: dict) -> object:
+    from mixvae.data import DataError, load_dataset
     try:
         with _Phase(phases, "data"):
             ds = load_dataset(cfg, allow_download=True)
@@ -109,137 +163,156 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
         raise UsageError(str(exc)) from None
     for w in ds.warnings:
         console.print(f"warning: {w}")
+    return ds
 
-    uri, uri_source = resolve_tracking_uri(cli_uri, cfg.tracking.uri)
-    problem = check_uri(uri)
-    if problem:
-        raise UsageError(problem)
+
+def _open_run(loaded: Loaded, ds, uri: str, *, run_name_explicit: bool, experiment_from_cli: bool,
+              resume_run_id: str | None, nested_parent_id: str | None):
+    """A new MLflow run (or the resumed one) with its name, tags and description."""
     from mixvae.tracking.mlflow_run import open_run
-    from mixvae.tracking.writer import TrackingError
-
+    cfg = loaded.config
     arch = architecture_code(cfg, ds.n_labeled)
-    run_name = cfg.tracking.run_name or f"{cfg.experiment.name}-{arch}"
-    tags = run_tags(loaded, ds, arch)
-    try:
-        with _Phase(phases, "store"):
-            writer = open_run(uri=uri, experiment_name=cfg.tracking.experiment_name, run_name=run_name,
-                              run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
-                              experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id, tags=tags,
-                              description=cfg.experiment.description or None,
-                              nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics)
-    except TrackingError as exc:
-        console.error(f"error: {exc}")
-        return Outcome(EXIT_RUNTIME)
-    run_id = writer.run_id
-    run_dir = Path(".mixvae") / "checkpoints" / run_id
-    out = Outcome(EXIT_RUNTIME, run_id=run_id, phases=phases)
-    try:
-        return _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t_start, out,
-                             resume_dir=resume_dir, resume_overrides=resume_overrides, verbose=verbose)
-    finally:
-        writer.close(timeout=30)
+    return open_run(uri=uri, experiment_name=cfg.tracking.experiment_name,
+                    run_name=cfg.tracking.run_name or f"{cfg.experiment.name}-{arch}",
+                    run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
+                    experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
+                    tags=run_tags(loaded, ds, arch), description=cfg.experiment.description or None,
+                    nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics)
 
 
-def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t_start, out: Outcome, *,
-                  resume_dir, resume_overrides, verbose) -> Outcome:
-    from mixvae.data import dataset_record
+def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str] | None) -> Outcome:
+    """The steps inside an open run: log inputs → train → finish → log model → report → status."""
     from mixvae.train.loop import Trainer
 
-    cfg = loaded.config
-    run_id = writer.run_id
-    staging = run_dir / "artifacts"
+    _log_inputs(run, resume_dir, resume_overrides)
+    _print_run_header(run)
+    trainer = Trainer(run.loaded, run.ds, run.writer, run.console, run_dir=run.run_dir, t_start=run.t_start)
+    _print_training_header(run, trainer)
+    if resume_dir is not None:
+        trainer.restore_last(resume_dir)
+        run.console.print(f"  resumed     from epoch {trainer.epoch}")
+        run.writer.set_tags({"mixvae.resumed_from_epoch": str(trainer.epoch)})
+    result, status, reason = _train(run, trainer)
+    if status == "KILLED":
+        return _killed(run, trainer)
+    if result is None or result.summary is None:
+        return _close(run, "FAILED", reason or "training failed", EXIT_RUNTIME)
+    exit_code = _finish(run, result, status, reason)
+    if status == "FINISHED" and run.cfg.tracking.log_model and not _log_model(run, result):
+        exit_code = EXIT_RUNTIME
+    if run.cfg.tracking.report and not _report(run, status):
+        exit_code = EXIT_RUNTIME
+    return _close(run, status, reason, exit_code)
+
+
+def _log_inputs(run: _Run, resume_dir: Path | None, resume_overrides: list[str] | None) -> None:
+    """Params, the dataset and the input config for a new run (the resume overrides for a resumed one),
+    and the resolved config either way."""
+    from mixvae.data import dataset_record
+    writer, staging = run.writer, run.staging
     staging.mkdir(parents=True, exist_ok=True)
     if resume_dir is None:
-        writer.log_params(flatten(cfg))
-        writer.log_inputs(list(dataset_record(ds).values()))
-        (staging / "config.input.yaml").write_text(loaded.input_text)
+        writer.log_params(flatten(run.cfg))
+        writer.log_inputs(list(dataset_record(run.ds).values()))
+        (staging / "config.input.yaml").write_text(run.loaded.input_text)
         writer.log_artifact(staging / "config.input.yaml")
     else:
         writer.set_tags({"mixvae.resume_overrides": "; ".join(resume_overrides or [])})
-    (staging / "config.yaml").write_text(to_yaml(cfg))
+    (staging / "config.yaml").write_text(to_yaml(run.cfg))
     writer.log_artifact(staging / "config.yaml")
 
-    t = cfg.training
-    steps = ds.n_train // t.batch_size if t.drop_remainder else -(-ds.n_train // t.batch_size)
-    remainder = "remainder dropped" if t.drop_remainder else "last batch padded"
-    console.print(f"mixvae {__version__} · train · {loaded.path}")
-    console.print(f"  run         {run_id}  \"{writer.run_name}\"  experiment \"{writer.experiment_name}\"")
-    console.print(f"  tracking    {uri}  ({uri_source})")
-    console.print(f"  data        {ds.summary_line()}")
-    console.print(f"  model       {model_summary_line(cfg)}")
-    trainer = Trainer(loaded, ds, writer, console, run_dir=run_dir, t_start=t_start)
+
+def _print_run_header(run: _Run) -> None:
+    console, writer = run.console, run.writer
+    console.print(f"mixvae {__version__} · train · {run.loaded.path}")
+    console.print(f"  run         {run.run_id}  \"{writer.run_name}\"  experiment \"{writer.experiment_name}\"")
+    console.print(f"  tracking    {run.uri}  ({run.uri_source})")
+    console.print(f"  data        {run.ds.summary_line()}")
+    console.print(f"  model       {model_summary_line(run.cfg)}")
+
+
+def _print_training_header(run: _Run, trainer) -> None:
     import jax
+    t, console = run.cfg.training, run.console
+    remainder = "remainder dropped" if t.drop_remainder else "last batch padded"
     n_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(trainer.state.params))
     console.print(f"  parameters  {n_params:,} trainable")
     console.print(f"  training    adamw lr {t.learning_rate:g} wd "
-                  f"{t.weight_decay:g} · batch {t.batch_size} ({steps} steps/epoch, {remainder}) · "
+                  f"{t.weight_decay:g} · batch {t.batch_size} ({trainer.fns.steps} steps/epoch, {remainder}) · "
                   f"≤{t.max_epochs} epochs")
     if t.patience is not None:
-        console.print(f"              early stopping on {t.monitor} ({trainer.monitor_mode}, patience {t.patience})")
+        console.print(f"              early stopping on {t.monitor} ({trainer.stopper.mode}, patience {t.patience})")
     devices = jax.devices()
     console.print(f"  device      {devices[0].platform} ({os.cpu_count()} cores)" if devices[0].platform == "cpu"
                   else f"  device      {devices[0].device_kind}")
-    for w in loaded.warnings:
+    for w in run.loaded.warnings:
         console.print(f"  warning     {w}")
-    if resume_dir is not None:
-        trainer.restore_last(resume_dir)
-        console.print(f"  resumed     from epoch {trainer.epoch}")
-        writer.set_tags({"mixvae.resumed_from_epoch": str(trainer.epoch)})
 
-    status, reason = "FAILED", None
+
+def _train(run: _Run, trainer):
+    """Compile and train; → (result or None, status, reason). Ctrl-C or SIGTERM gives KILLED; any other
+    exception FAILED with its reason, the traceback logged and the last checkpoint uploaded."""
+    status, reason, result = "FAILED", None, None
     with _Sigterm():
         try:
-            with _Phase(out.phases, "compile"):
+            with _Phase(run.out.phases, "compile"):
                 seconds = trainer.compile()
-            console.print(f"compiling … done in {seconds:.1f} s")
+            run.console.print(f"compiling … done in {seconds:.1f} s")
             result = trainer.run()
-            out.phases.update(trainer.timings)
+            run.out.phases.update(trainer.timings)
         except KeyboardInterrupt:
-            result = None
             status, reason = "KILLED", f"interrupted at epoch {trainer.epoch + 1}"
         except Exception as exc:  # a bug or a tracking failure: FAILED with the reason
-            result = None
             reason = _failure_reason(exc)
-            tb = traceback.format_exc()
-            (staging / "logs").mkdir(exist_ok=True)
-            (staging / "logs" / "traceback.txt").write_text(tb)
-            console.error(f"training failed: {reason}")
-            if verbose:
-                console.error(tb)
-            try:
-                writer.log_artifact(staging / "logs" / "traceback.txt", "logs")
-                trainer.upload_last()
-            except Exception:
-                pass
-
+            _log_traceback(run, trainer, reason, traceback.format_exc())
     if result is not None:
         status, reason = result.status, result.reason
-    if status == "KILLED":
-        try:
-            trainer.upload_last()
-        except Exception:
-            pass
-        msg = (f"interrupted at epoch {trainer.epoch + 1}; run {run_id} marked KILLED; "
-               f"resume with: mixvae train --resume {run_id}")
-        console.error(msg)
-        return _close(writer, console, staging, out, "KILLED", msg, EXIT_INTERRUPTED)
-    if result is None or result.summary is None:
-        return _close(writer, console, staging, out, "FAILED", reason or "training failed", EXIT_RUNTIME)
+    return result, status, reason
 
-    # Training ended (FINISHED, or FAILED by the NaN guard with a best snapshot).
+
+def _log_traceback(run: _Run, trainer, reason: str, tb: str) -> None:
+    logs = run.staging / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "traceback.txt").write_text(tb)
+    run.console.error(f"training failed: {reason}")
+    if run.verbose:
+        run.console.error(tb)
+    try:
+        run.writer.log_artifact(logs / "traceback.txt", "logs")
+        trainer.upload_last()
+    except Exception:
+        pass
+
+
+def _killed(run: _Run, trainer) -> Outcome:
+    """Interrupted: the last checkpoint uploaded so that the run can be resumed, the run marked KILLED."""
+    try:
+        trainer.upload_last()
+    except Exception:
+        pass
+    msg = (f"interrupted at epoch {trainer.epoch + 1}; run {run.run_id} marked KILLED; "
+           f"resume with: mixvae train --resume {run.run_id}")
+    run.console.error(msg)
+    return _close(run, "KILLED", msg, EXIT_INTERRUPTED)
+
+
+def _finish(run: _Run, result, status: str, reason: str | None) -> int:
+    """Training ended (FINISHED, or FAILED by the non-finite-loss guard with a best snapshot): summary,
+    diagnostics, curriculum events and checkpoints go to the run. → the exit code so far."""
+    writer, staging, console = run.writer, run.staging, run.console
     exit_code = EXIT_OK
     if result.stop_message and status == "FINISHED":
         console.print(result.stop_message)
     if status == "FAILED":
-        console.error(f"training failed at epoch {result.epochs_completed + 1}: {reason} (run {run_id})")
+        console.error(f"training failed at epoch {result.epochs_completed + 1}: {reason} (run {run.run_id})")
         exit_code = EXIT_RUNTIME
-    summary = dict(result.summary, run_id=run_id, status=status)
-    out.summary_metrics = result.summary_metrics
+    summary = dict(result.summary, run_id=run.run_id, status=status)
+    run.out.summary_metrics = result.summary_metrics
     writer.log_summary(result.summary_metrics)
     (staging / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=True))
     writer.log_artifact(staging / "summary.json")
-    writer.log_artifacts(run_dir / "diagnostics", "diagnostics")
-    if cfg.curriculum.enabled:
+    writer.log_artifacts(run.run_dir / "diagnostics", "diagnostics")
+    if run.cfg.curriculum.enabled:
         (staging / "curriculum").mkdir(exist_ok=True)
         (staging / "curriculum" / "events.json").write_text(json.dumps(summary["curriculum"]["events"], indent=2))
         writer.log_artifact(staging / "curriculum" / "events.json", "curriculum")
@@ -247,60 +320,71 @@ def _train_in_run(loaded, ds, writer, console, uri, uri_source, arch, run_dir, t
     if summary.get("clustering_acc_method"):
         tag_updates["mixvae.clustering_acc_method"] = summary["clustering_acc_method"]
     writer.set_tags(tag_updates)
-    if cfg.tracking.log_checkpoints:
-        writer.log_artifacts(run_dir / "checkpoints" / "best", "checkpoints/best")
-        writer.log_artifacts(run_dir / "checkpoints" / "last", "checkpoints/last")
+    if run.cfg.tracking.log_checkpoints:
+        writer.log_artifacts(run.run_dir / "checkpoints" / "best", "checkpoints/best")
+        writer.log_artifacts(run.run_dir / "checkpoints" / "last", "checkpoints/last")
+    console.print(_summary_line(summary, result))
+    return exit_code
+
+
+def _summary_line(summary: dict, result) -> str:
     m = result.summary_metrics
     parts = [f"loss.total {m['loss.total']:.2f}"]
     if "clustering.acc" in m:
         parts.append(f"clustering.acc {m['clustering.acc']:.3f} ({summary.get('clustering_acc_method')})")
     if "mixture.K_eff" in m:
         parts.append(f"mixture.K_eff {m['mixture.K_eff']:.1f}")
-    console.print(f"summary ({summary['summary_split']} split, epoch {result.best_epoch}): " + " · ".join(parts))
+    return f"summary ({summary['summary_split']} split, epoch {result.best_epoch}): " + " · ".join(parts)
 
-    # Model (FINISHED runs only) and registry.
-    if status == "FINISHED" and cfg.tracking.log_model:
-        model_line = None
-        try:
-            from mixvae.tracking.model_logging import log_model, make_data_meta, register
-            writer.flush()
-            meta = make_data_meta(image_shape=ds.image_shape, scale_used=ds.scale_used,
-                                  num_components=cfg.model.num_components, num_classes=cfg.model.num_classes,
-                                  prediction_keys=prediction_keys(cfg, ds.n_labeled))
-            t_model = time.perf_counter()
-            model_uri = log_model(run_id, weights_path=result.weights_path, config_yaml_path=staging / "config.yaml",
-                                  data_meta=meta, input_example=result.input_example, uri=uri)
-            out.phases["model"] = time.perf_counter() - t_model
-            out.stdout.append(f"model_uri={model_uri}")
-            model_line = f"model       {model_uri}"
-            if cfg.tracking.register_model:
-                version = register(model_uri, cfg.tracking.register_model, cfg.tracking.model_alias, run_id=run_id,
-                                   uri=uri)
-                model_line += f"  registered {cfg.tracking.register_model} v{version} @{cfg.tracking.model_alias}"
-            writer.set_tags({"mixvae.model_status": "ok"})
-        except Exception as exc:
-            writer.set_tags({"mixvae.model_status": "failed"})
-            console.error(f"training finished but model registration failed: {_failure_reason(exc)}")
-            exit_code = EXIT_RUNTIME
-        if model_line:
-            console.print(model_line)
 
-    # Report, from the run itself.
-    if cfg.tracking.report:
-        try:
-            t_report = time.perf_counter()
-            report_path, _ = build_report_for_run(run_id, uri, cfg.tracking.report_dir, html=cfg.tracking.html,
-                                               console=console, writer=writer, final_status=status)
-            out.phases["report"] = time.perf_counter() - t_report
-            out.stdout.append(f"report={report_path}")
-            console.print(f"report      {report_path}")
-            writer.set_tags({"mixvae.report_status": "ok"})
-        except Exception as exc:
-            writer.set_tags({"mixvae.report_status": "failed"})
-            console.error(f"training finished but the report failed: {_failure_reason(exc)}; "
-                          f"retry with mixvae report {run_id}")
-            exit_code = EXIT_RUNTIME
-    return _close(writer, console, staging, out, status, reason, exit_code)
+def _log_model(run: _Run, result) -> bool:
+    """The logged pyfunc model of the best epoch, registered when configured. → False when it failed."""
+    cfg, writer, ds = run.cfg, run.writer, run.ds
+    model_line, ok = None, True
+    try:
+        from mixvae.tracking.model_logging import log_model, make_data_meta, register
+        writer.flush()
+        meta = make_data_meta(image_shape=ds.image_shape, scale_used=ds.scale_used,
+                              num_components=cfg.model.num_components, num_classes=cfg.model.num_classes,
+                              prediction_keys=prediction_keys(cfg, ds.n_labeled))
+        t_model = time.perf_counter()
+        model_uri = log_model(run.run_id, weights_path=result.weights_path,
+                              config_yaml_path=run.staging / "config.yaml", data_meta=meta,
+                              input_example=result.input_example, uri=run.uri)
+        run.out.phases["model"] = time.perf_counter() - t_model
+        run.out.stdout.append(f"model_uri={model_uri}")
+        model_line = f"model       {model_uri}"
+        if cfg.tracking.register_model:
+            version = register(model_uri, cfg.tracking.register_model, cfg.tracking.model_alias, run_id=run.run_id,
+                               uri=run.uri)
+            model_line += f"  registered {cfg.tracking.register_model} v{version} @{cfg.tracking.model_alias}"
+        writer.set_tags({"mixvae.model_status": "ok"})
+    except Exception as exc:
+        writer.set_tags({"mixvae.model_status": "failed"})
+        run.console.error(f"training finished but model registration failed: {_failure_reason(exc)}")
+        ok = False
+    if model_line:
+        run.console.print(model_line)
+    return ok
+
+
+def _report(run: _Run, status: str) -> bool:
+    """REPORT.md (and .html) built from the run itself and logged back to it. → False when it failed."""
+    cfg = run.cfg
+    try:
+        t_report = time.perf_counter()
+        report_path, _ = build_report_for_run(run.run_id, run.uri, cfg.tracking.report_dir, html=cfg.tracking.html,
+                                              console=run.console, writer=run.writer, final_status=status)
+        run.out.phases["report"] = time.perf_counter() - t_report
+        run.out.stdout.append(f"report={report_path}")
+        run.console.print(f"report      {report_path}")
+        run.writer.set_tags({"mixvae.report_status": "ok"})
+    except Exception as exc:
+        run.writer.set_tags({"mixvae.report_status": "failed"})
+        run.console.error(f"training finished but the report failed: {_failure_reason(exc)}; "
+                          f"retry with mixvae report {run.run_id}")
+        return False
+    return True
 
 
 def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, console: Console | None,
@@ -309,7 +393,7 @@ def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, 
     """The one report path: load the run from MLflow, build figures and REPORT.md, log them back.
     Returns (path of REPORT.md, full run id)."""
     from mixvae.report import build_report
-    from mixvae.tracking.mlflow_run import upload_dir
+    from mixvae.tracking.artifacts import upload_dir
     from mixvae.tracking.record import load_run
 
     if writer is not None:
@@ -318,7 +402,7 @@ def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, 
     if final_status:  # built just before the run is ended: show the status and end it will get
         record.status = final_status
         record.end_time = record.end_time or int(time.time() * 1000)
-    out_dir = Path(out_dir or Path(report_dir) / record.run_id)
+    out_dir = Path(out_dir or paths.under_work_dir(report_dir) / record.run_id)
     started = time.perf_counter()
 
     def progress(done, total, name):
@@ -344,7 +428,9 @@ def prediction_keys(cfg, num_labeled: int) -> list[str]:
     return keys
 
 
-def _close(writer, console, staging: Path, out: Outcome, status: str, reason: str | None, code: int) -> Outcome:
+def _close(run: _Run, status: str, reason: str | None, code: int) -> Outcome:
+    """train.log to the run, the run's final status, and the outcome the CLI prints."""
+    writer, console, staging, out = run.writer, run.console, run.staging, run.out
     (staging / "logs").mkdir(exist_ok=True)
     (staging / "logs" / "train.log").write_text(console.log_text())
     try:

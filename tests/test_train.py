@@ -1,5 +1,6 @@
 """The trainer without MLflow (in-memory writer): determinism, compilation count, resume, curriculum,
-NaN guard, best-epoch restore, declared keys (SPEC §7, §8, §9)."""
+non-finite-loss guard, best-epoch restore, declared keys; and its small parts (schedules, early
+stopping, the curriculum's plateau rule) on their own."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_run_finishes_and_logs_only_declared_keys(short_run):
         assert not undeclared, undeclared
         assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert all(mk.is_declared(k) for k in result.summary_metrics)
-    # loss.total is exactly the sum of the logged terms (reporting rule of SPEC §6.1)
+    # loss.total is exactly the sum of the logged terms (the reporting rule of docs/metrics.md)
     val = writer.epochs[4]
     terms = [k for k in val if k.startswith("val/loss.") and k != "val/loss.total"]
     assert val["val/loss.total"] == pytest.approx(sum(val[k] for k in terms), rel=1e-6)
@@ -104,7 +105,7 @@ def test_different_seed_different_metrics(tmp_path, short_run):
 
 
 def test_each_function_compiles_once_and_nothing_compiles_in_the_loop(tmp_path):
-    """P7: epoch, evaluation and diagnostics compile exactly once across annealing, curriculum and kicks."""
+    """Epoch, evaluation and diagnostics compile exactly once, across annealing, curriculum and kicks."""
     records = io.StringIO()
     handler = logging.StreamHandler(records)
     logger = logging.getLogger("jax")
@@ -131,7 +132,7 @@ def test_each_function_compiles_once_and_nothing_compiles_in_the_loop(tmp_path):
         assert names.count(fn) == 1, names
     in_loop = [line for line in during.splitlines() if line.startswith("Finished XLA compilation of jit(")]
     assert not any(f"jit({fn})" in line for line in in_loop for fn in ("epoch", "evaluate", "diagnostics")), in_loop
-    # the curriculum did open channels during that run, so the mask really changed
+    # the curriculum did open components during that run, so the mask really changed
     ks = [m["train/curriculum.k_active"] for _, m in sorted(trainer.writer.epochs.items())]
     assert ks[-1] > ks[0]
 
@@ -150,8 +151,8 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, short_run):
 
 
 def test_curriculum_behaviour(tmp_path):
-    """SPEC §8.7: zero mass on closed channels, k_active steps equal `unlocked`, kicks route to the new
-    channel, and the budget stop."""
+    """Zero mass on closed components, k_active steps equal `unlocked`, kicks route to the new
+    component, and the budget stop."""
     trainer, writer = make_trainer(tmp_path, [
         "training.max_epochs=10", "training.patience=null", "curriculum.enabled=true",
         "curriculum.k_active_max=2", "curriculum.unlock.patience=1", "curriculum.unlock.min_delta=100",
@@ -169,10 +170,10 @@ def test_curriculum_behaviour(tmp_path):
     kick = np.array([writer.epochs[e]["train/curriculum.kick_active"] for e in epochs])
     assert np.array_equal(np.diff(k_active), unlocked[1:])
     assert k_active[0] == 1 and k_active.max() == 2
-    # during a kick with a large bias, the new channel receives real training usage
+    # during a kick with a large bias, the new component receives real training usage
     first_kick = int(np.flatnonzero(kick)[0])
-    new_channel = int(k_active[first_kick]) - 1
-    assert hist["usage_train"][first_kick, new_channel] > 0.05
+    new_component = int(k_active[first_kick]) - 1
+    assert hist["usage_train"][first_kick, new_component] > 0.05
     stops = [e for e in trainer.curriculum.events if e["event"] == "stop"]
     assert stops and stops[0]["reason"] == "budget"
     assert result.summary_metrics["curriculum.stopped"] == 1.0
@@ -213,3 +214,52 @@ def test_host_driven_epoch_matches_the_scanned_epoch(tmp_path):
     assert scanned.keys() == hosted.keys()
     for key in scanned:
         assert hosted[key] == pytest.approx(scanned[key], rel=1e-4, abs=1e-5), key
+
+
+# --- the loop's small parts, without training ----------------------------------------------------------
+
+def test_warm_up_and_temperature_schedules():
+    from mixvae.train.schedule import rho, temperature
+    assert rho(3, 0) == 1.0 and rho(1, 4) == 0.25 and rho(9, 4) == 1.0
+    cfg = load_config("quick", SMALL + ["model.gumbel_temperature=2.0", "model.gumbel_temperature_min=0.5",
+                                        "model.gumbel_temperature_anneal_epochs=3"]).config
+    assert [temperature(cfg, n) for n in (1, 2, 4, 9)] == pytest.approx([2.0, 1.5, 0.5, 0.5])
+
+
+def test_a_kick_epoch_scales_the_component_regulariser():
+    from mixvae.train.curriculum import EpochPlan
+    from mixvae.train.schedule import epoch_schedule
+    cfg = load_config("quick", SMALL + ["model.kl_c_anneal_epochs=0"]).config
+    mask, bias = np.ones(4, np.float32), np.zeros(4, np.float32)
+    plain, _ = epoch_schedule(cfg, 5, EpochPlan(mask, bias, False, False, 4), num_labeled=0)
+    kick, _ = epoch_schedule(cfg, 5, EpochPlan(mask, bias, True, False, 4), num_labeled=0)
+    assert float(plain.kl_c_scale) == 1.0
+    assert float(kick.kl_c_scale) == pytest.approx(cfg.curriculum.kick.regularizer_scale)
+
+
+def test_early_stopping_follows_the_improvement_rule_and_survives_a_checkpoint():
+    from mixvae.train.early_stopping import EarlyStopping
+    stop = EarlyStopping(monitor="val/loss.total", mode="min", min_delta=0.1, patience=2)
+    assert stop.best_value == math.inf
+    assert stop.update(1, 5.0) and stop.best_epoch == 1
+    assert not stop.update(2, 4.95)          # better, but not by more than min_delta
+    assert not stop.should_stop()
+    stop.restart_patience()
+    assert not stop.update(3, 5.0) and not stop.update(4, 5.0)
+    assert stop.should_stop()
+    assert "did not improve by more than 0.1 for 2 epochs; restored epoch 1" in stop.stop_message(4)
+    again = EarlyStopping(monitor="val/loss.total", mode="min", min_delta=0.1, patience=2)
+    again.restore(stop.to_host())
+    assert (again.best_value, again.best_epoch, again.wait) == (5.0, 1, 2)
+    # the first epoch is the best so far even when its value is NaN
+    first = EarlyStopping(monitor="val/clustering.acc", mode="max", min_delta=0.0, patience=None)
+    assert first.best_value == -math.inf and first.update(1, math.nan) and not first.should_stop()
+
+
+def test_curriculum_resumes_from_a_checkpoint_with_the_old_field_name():
+    from mixvae.train.curriculum import Curriculum
+    cfg = load_config("quick", SMALL + ["curriculum.enabled=true"]).config
+    cur = Curriculum.from_config(cfg)
+    stored = cur.to_dict()
+    stored["new_channel"] = stored.pop("new_component")
+    assert Curriculum.from_dict(stored) == cur
