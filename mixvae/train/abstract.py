@@ -1,4 +1,4 @@
-"""Stage 4 of validation: build the model and trace one train step abstractly.
+"""The last stage of `mixvae validate`: build the model and trace one train step abstractly.
 
 Nothing is computed: ``nnx.eval_shape`` builds the model, ``jax.eval_shape`` traces one optimiser step
 and one forward pass on inputs of the real batch shape. Wiring and shape errors surface in seconds.
@@ -26,47 +26,65 @@ class AbstractReport:
 
 
 def _shape(x) -> str:
-    return f"{str(x.dtype).replace('float', 'f')}{list(x.shape)}".replace("[]", "[]")
+    return f"{str(x.dtype).replace('float', 'f')}{list(x.shape)}"
 
 
 def check(cfg, image_shape: tuple[int, int, int], num_labeled: int, n_train: int | None = None) -> AbstractReport:
-    from mixvae.model import MixVAE, enabled_terms
-    from mixvae.train.step import Functions, Schedule, TrainState, make_optimizer
-
-    b = cfg.training.batch_size
-    k = cfg.model.num_components
-    h, w, c = image_shape
+    """Trace one train step on abstract inputs; raise ``WiringError`` naming every shape problem."""
     try:
-        model = nnx.eval_shape(lambda: MixVAE(cfg, image_shape, rngs=nnx.Rngs(0)))
-        graphdef, params = nnx.split(model)
-        tx = make_optimizer(cfg, params)
-        opt_state = jax.eval_shape(tx.init, params)
-        tau = (jax.ShapeDtypeStruct((k, cfg.model.num_classes), jnp.float32) if cfg.model.use_tau_classifier
-               else jax.ShapeDtypeStruct((1, 1), jnp.float32))
-        state = TrainState(params=params, opt_state=opt_state, tau_counts=tau,
-                           step=jax.ShapeDtypeStruct((), jnp.int32))
-        fns = Functions(cfg, graphdef, tx, image_shape=image_shape, n_train=n_train or b, num_labeled=num_labeled)
-        f32 = jnp.float32
-        scalar = jax.ShapeDtypeStruct((), f32)
-        sched = Schedule(kl_z_scale=scalar, kl_c_scale=scalar, temperature=scalar, straight_through=scalar,
-                         active_mask=jax.ShapeDtypeStruct((k,), f32), kick_bias=jax.ShapeDtypeStruct((k,), f32),
-                         cluster_init_scale=scalar)
-        x = jax.ShapeDtypeStruct((b, h, w, c), f32)
-        y = jax.ShapeDtypeStruct((b,), jnp.int32)
-        valid = jax.ShapeDtypeStruct((b,), f32)
-        key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-
-        def one_step(state, x, y, valid, sched, key):
-            (obj, (fwd, terms, _)), grads = jax.value_and_grad(fns.objective, has_aux=True)(
-                state.params, x, y, y, valid, sched, key, state.tau_counts)  # y stands in for the warm-start targets
-            updates, _ = tx.update(grads, state.opt_state, state.params)
-            return obj, fwd, terms
-
-        obj, fwd, terms = jax.eval_shape(one_step, state, x, y, valid, sched, key)
+        obj, fwd, terms, params = _trace_one_step(cfg, tuple(image_shape), num_labeled, n_train)
     except Exception as exc:  # a shape or wiring problem inside the model
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WiringError(f"model wiring error: {msg}") from None
+    problems = _problems(cfg, tuple(image_shape), num_labeled, obj, fwd, terms)
+    if problems:
+        raise WiringError("model wiring error: " + "; ".join(problems))
+    n_params = int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+    got = set(terms.image) | set(terms.labeled) | set(terms.step)
+    return AbstractReport(num_params=n_params, loss=_shape(obj), num_terms=len(got))
 
+
+def _abstract(tree):
+    """Shapes and dtypes only."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), tree)
+
+
+def _trace_one_step(cfg, image_shape, num_labeled: int, n_train: int | None):
+    """→ (objective, forward pass, loss terms, parameters) of one optimiser step, all abstract."""
+    from mixvae.model import MixVAE
+    from mixvae.train.schedule import example_schedule
+    from mixvae.train.step import Functions, TrainState, make_optimizer
+
+    b, k = cfg.training.batch_size, cfg.model.num_components
+    model = nnx.eval_shape(lambda: MixVAE(cfg, image_shape, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(model)
+    tx = make_optimizer(cfg, params)
+    tau = (jax.ShapeDtypeStruct((k, cfg.model.num_classes), jnp.float32) if cfg.model.use_tau_classifier
+           else jax.ShapeDtypeStruct((1, 1), jnp.float32))
+    state = TrainState(params=params, opt_state=jax.eval_shape(tx.init, params), tau_counts=tau,
+                       step=jax.ShapeDtypeStruct((), jnp.int32))
+    fns = Functions(cfg, graphdef, tx, image_shape=image_shape, n_train=n_train or b, num_labeled=num_labeled)
+    x = jax.ShapeDtypeStruct((b, *image_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((b,), jnp.int32)
+    valid = jax.ShapeDtypeStruct((b,), jnp.float32)
+    key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+
+    def one_step(state, x, y, valid, sched, key):
+        (obj, (fwd, terms, _)), grads = jax.value_and_grad(fns.objective, has_aux=True)(
+            state.params, x, y, y, valid, sched, key, state.tau_counts)  # y stands in for the warm-start targets
+        tx.update(grads, state.opt_state, state.params)
+        return obj, fwd, terms
+
+    obj, fwd, terms = jax.eval_shape(one_step, state, x, y, valid, _abstract(example_schedule(k)), key)
+    return obj, fwd, terms, params
+
+
+def _problems(cfg, image_shape, num_labeled: int, obj, fwd, terms) -> list[str]:
+    """Every way the traced step differs from what the configuration asks for."""
+    from mixvae.model import enabled_terms
+
+    b, k = cfg.training.batch_size, cfg.model.num_components
+    h, w, c = image_shape
     problems = []
     if obj.shape != () or obj.dtype != jnp.float32:
         problems.append(f"the loss is {_shape(obj)}, expected f32[]")
@@ -85,10 +103,7 @@ def check(cfg, image_shape: tuple[int, int, int], num_labeled: int, n_train: int
     if fwd.recon.shape != (b, h, w, c):
         problems.append(f"the decoder produces {_shape(fwd.recon)} but the images are [{b}, {h}, {w}, {c}] "
                         f"({layer_summary(cfg, image_shape)})")
-    if problems:
-        raise WiringError("model wiring error: " + "; ".join(problems))
-    n_params = int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
-    return AbstractReport(num_params=n_params, loss=_shape(obj), num_terms=len(got))
+    return problems
 
 
 def layer_summary(cfg, image_shape) -> str:

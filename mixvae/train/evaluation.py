@@ -55,7 +55,7 @@ def tau_and_free(cfg, tau_counts, active_mask) -> tuple[np.ndarray, np.ndarray]:
     counts = np.asarray(tau_counts)
     tau = np.asarray(tau_lib.tau_map(counts))
     free = np.asarray(tau_lib.free_components(counts, m.tau_smoothing_alpha, m.tau_free_count_threshold,
-                                            active_mask)).astype(bool)
+                                              active_mask)).astype(bool)
     return tau, free
 
 
