@@ -32,12 +32,23 @@ def usage_metrics(usage: np.ndarray, active: np.ndarray) -> dict[str, float]:
     }
 
 
+def active_winners(resp: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """Each image's most responsible active component (argmax of r over the active set) → [N]."""
+    return np.argmax(np.where(active.astype(bool)[None, :], resp, -1.0), axis=1)
+
+
+def label_mass(resp: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ_x r_k(x)·1[y=c] [K, C], purity max_c P(c|k) [K], 0 for a component with no mass)."""
+    mass = resp.T @ np.eye(num_classes)[labels]
+    per_k = mass.sum(axis=1)
+    return mass, np.where(per_k > 0, mass.max(axis=1) / np.maximum(per_k, EPS), 0.0)
+
+
 def mixture_metrics(resp: np.ndarray, active: np.ndarray) -> dict[str, float]:
     """Mixture keys that come from per-image responsibilities r [N, K]."""
     a = active.astype(bool)
     out = usage_metrics(resp.mean(axis=0), active)
-    winners = np.argmax(np.where(a[None, :], resp, -1.0), axis=1)
-    used = np.bincount(winners, minlength=resp.shape[1]) > 0
+    used = np.bincount(active_winners(resp, active), minlength=resp.shape[1]) > 0
     out["mixture.dead_components"] = float(np.sum(a & ~used))
     out["mixture.responsibility_confidence_mean"] = float(resp.max(axis=1).mean())
     out["mixture.component_entropy"] = float(entropy(resp).mean())
@@ -55,10 +66,7 @@ def pi_metrics(pi: np.ndarray, active: np.ndarray) -> dict[str, float]:
 def specialization(resp: np.ndarray, labels: np.ndarray, active: np.ndarray, num_classes: int) -> float:
     """Σ_{k∈A} p̄_k · max_c P(c|k), P(c|k) = Σ_x r_k(x)·1[y=c] / Σ_x r_k(x)."""
     a = active.astype(bool)
-    onehot = np.eye(num_classes)[labels]
-    mass = resp.T @ onehot  # [K, C]
-    per_k = mass.sum(axis=1)
-    purity = np.where(per_k > 0, mass.max(axis=1) / np.maximum(per_k, EPS), 0.0)
+    _, purity = label_mass(resp, labels, num_classes)
     usage = resp.mean(axis=0)
     return float(np.sum(usage[a] * purity[a]))
 
@@ -70,8 +78,7 @@ def clustering_metrics(resp: np.ndarray, labels: np.ndarray, active: np.ndarray,
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     k = resp.shape[1]
-    a = active.astype(bool)
-    clusters = np.argmax(np.where(a[None, :], resp, -1.0), axis=1)
+    clusters = active_winners(resp, active)
     table = np.zeros((k, num_classes), dtype=np.int64)
     np.add.at(table, (clusters, labels), 1)
     n = len(labels)
@@ -95,12 +102,9 @@ def active_units(z_mean_selected: np.ndarray, threshold: float = 0.01) -> float:
 
 
 def majority_labels(resp: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[list[int], list[float]]:
-    onehot = np.eye(num_classes)[labels]
-    mass = resp.T @ onehot
-    per_k = mass.sum(axis=1)
-    majority = mass.argmax(axis=1)
-    share = np.where(per_k > 0, mass.max(axis=1) / np.maximum(per_k, EPS), 0.0)
-    return [int(m) for m in majority], [float(s) for s in share]
+    """Each component's majority label and its share of the component's responsibility mass."""
+    mass, share = label_mass(resp, labels, num_classes)
+    return [int(m) for m in mass.argmax(axis=1)], [float(s) for s in share]
 
 
 def calibration_error(certainty: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -117,7 +121,7 @@ def calibration_error(certainty: np.ndarray, correct: np.ndarray, bins: int = 10
 
 def tau_metrics(tau: np.ndarray, free: np.ndarray, active: np.ndarray, pred: np.ndarray,
                 certainty: np.ndarray, ood: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
-    """The τ metric keys (docs/runbook.md); label-based ones only when ``labels`` is given."""
+    """The τ metric keys (docs/metrics.md); label-based ones only when ``labels`` is given."""
     a = active.astype(bool)
     claimed = a & ~free.astype(bool)
     out = {

@@ -181,6 +181,19 @@ def enabled_terms(cfg, num_labeled: int) -> dict[str, str | None]:
     return {name: KEYS[name].applies(cfg, num_labeled) for name in LOSS_TERMS}
 
 
+def _label_cross_entropy(spec, fwd, labels: jax.Array, tau_counts: jax.Array | None) -> jax.Array:
+    """CE_b of the label predictor, through τ or through the classifier head → [B]."""
+    if spec.classifier == "tau":
+        if tau_counts is None:
+            raise ValueError("compute_terms: model.use_tau_classifier is true but tau_counts is None; "
+                             "pass the τ soft counts [K, C]")
+        return tau_lib.cross_entropy(fwd.responsibilities, tau_lib.tau_map(tau_counts), labels)
+    if fwd.class_logits is not None:
+        return head_cross_entropy(fwd.class_logits, labels)
+    raise ValueError("compute_terms: loss.classifier is enabled but the model has no classifier head; "
+                     "it was built with data.num_labeled = 0 or label_weight = 0")
+
+
 def compute_terms(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.Array,
                   tau_counts: jax.Array | None) -> Terms:
     """The enabled loss terms (docs/model.md) with their configured weights and no schedule factors.
@@ -204,16 +217,7 @@ def compute_terms(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.A
 
     labeled = {}
     if "loss.classifier" in enabled:
-        if spec.classifier == "tau":
-            if tau_counts is None:
-                raise ValueError("compute_terms: model.use_tau_classifier is true but tau_counts is None; "
-                                 "pass the τ soft counts [K, C]")
-            ce = tau_lib.cross_entropy(fwd.responsibilities, tau_lib.tau_map(tau_counts), labels)
-        elif fwd.class_logits is not None:
-            ce = head_cross_entropy(fwd.class_logits, labels)
-        else:
-            raise ValueError("compute_terms: loss.classifier is enabled but the model has no classifier head; "
-                             "it was built with data.num_labeled = 0 or label_weight = 0")
+        ce = _label_cross_entropy(spec, fwd, labels, tau_counts)
         is_labeled = tau_lib.labeled_mask(labels, valid) > 0.5
         labeled["loss.classifier"] = jnp.where(is_labeled, m.label_weight * ce, 0.0)
 

@@ -1,9 +1,10 @@
 """The MixVAE module and its forward pass.
 
-One forward function maps a batch of images to a ``Forward`` record; ``losses.compute_terms`` turns it
-into named loss terms. Routing state (active mask, kick bias, temperature, straight-through switch)
-enters as arrays in a ``RouteCtx``, so changing it never recompiles. The module holds no RNG state:
-all noise comes from the step key, split into (reparam, gumbel, dropout) keys.
+The forward pass (``MixVAE.__call__``) maps a batch of images to a ``Forward`` record;
+``losses.compute_terms`` turns it into named loss terms. Routing state (active mask, kick bias,
+temperature, straight-through switch) enters as arrays in a ``RouteCtx``, so changing it never
+recompiles. The module holds no RNG state: all noise comes from the step key, split into (reparam,
+gumbel, dropout) keys.
 """
 
 from __future__ import annotations
@@ -341,8 +342,3 @@ class MixVAE(nnx.Module):
             to_centres = priors.gaussian_kl(fwd.z_mean[:, None, :], fwd.z_logvar[:, None, :], centres)
             return fwd.replace(kl_z=jnp.sum(fwd.responsibilities * to_centres, axis=-1))
         return fwd.replace(kl_z=priors.gaussian_kl(fwd.z_mean, fwd.z_logvar))
-
-
-def forward(model: MixVAE, x: jax.Array, ctx: RouteCtx, *, train: bool, key: jax.Array) -> Forward:
-    """The forward pass as a function (same as ``model(x, ctx, train=train, key=key)``)."""
-    return model(x, ctx, train=train, key=key)
