@@ -151,8 +151,8 @@ class Functions:
         self.k = m.num_components
         enabled = {name for name, reason in enabled_terms(cfg, num_labeled).items() if reason is None}
         # The enabled terms by how a batch reduces them, as in losses.Terms.
-        self.terms = {group: [name for name in names if name in enabled]
-                      for group, names in (("image", IMAGE_TERMS), ("labeled", LABELED_TERMS), ("step", STEP_TERMS))}
+        groups = {"image": IMAGE_TERMS, "labeled": LABELED_TERMS, "step": STEP_TERMS}
+        self.terms = {group: [name for name in names if name in enabled] for group, names in groups.items()}
         self.cluster_init = "loss.cluster_init" in enabled  # the warm-start term is on
         # XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about 8× slower than the same
         # step compiled on its own (measured, docs/performance.md), so conv models on the CPU drive the
@@ -176,7 +176,7 @@ class Functions:
         fwd = model(x, sched.route(), train=True, key=key)
         loss, terms = losses.objective(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts), sched.factors(),
                                        c if self.cluster_init else None)
-        labeled = ((y >= 0) & (valid > 0)).astype(F32)
+        labeled = tau_lib.labeled_mask(y, valid)
         return loss, (fwd, terms, labeled)
 
     def train_step(self, state: TrainState, sums, train_x, train_y, train_c, bidx, bvalid, sched: Schedule,
