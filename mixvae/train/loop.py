@@ -79,6 +79,7 @@ class Trainer:
         self.train_x, self.train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
         self.train_c = jnp.asarray(warm_start_clusters(cfg, ds.train_x) if self.fns.cluster_init
                                    else np.zeros(ds.n_train, np.int32))
+        # Evaluation chunk: eval_batch_size images, or the larger split rounded up to a multiple of 8.
         largest = max(ds.n_val, ds.n_test)
         self.chunk = int(min(t.eval_batch_size, max(8, -(-largest // 8) * 8)))
         self.evaluator = SplitEvaluator(cfg, self.graphdef, ds.image_shape, self.chunk, self.keys["eval"])
