@@ -500,7 +500,7 @@ def test_classifier_head_dropout_draws_from_the_explicit_key_and_holds_no_rng_st
     for i, layer in enumerate(head.hidden):
         manual = jax.nn.leaky_relu(layer(manual), 0.01)
         manual = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, manual.shape), manual / 0.5, 0.0)
-    np.testing.assert_allclose(trained, head.logits(manual), rtol=1e-6)
+    np.testing.assert_array_equal(trained, head.logits(manual))
 
 
 def test_the_objective_names_every_logged_loss_term():
