@@ -211,3 +211,21 @@ def test_unreachable_store_exits_1_before_training(subprocess_env, workdir):
     assert proc.returncode == 1
     assert "tracking store not reachable" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_workdir_holds_every_output_of_a_run_on_the_default_store(subprocess_env, tmp_path):
+    """`--workdir` elsewhere: the default store, its artifacts, the checkpoints and the report all
+    land there, and nothing in the directory the command runs from."""
+    elsewhere, work = tmp_path / "elsewhere", tmp_path / "work"
+    elsewhere.mkdir()
+    env = {k: v for k, v in subprocess_env.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MIXVAE_WORKDIR")}
+    proc = mixvae(["--workdir", str(work), "train", "-c", "quick", "--set", "model.hidden_dims=[32]",
+                   "--set", "training.max_epochs=1", "--set", "tracking.log_model=false"], env, elsewhere)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = stdout_fields(proc.stdout)["run_id"]
+    assert list(elsewhere.iterdir()) == []
+    assert (work / "mlflow.db").is_file()
+    assert (work / "reports" / run_id / "REPORT.md").is_file()
+    assert (work / ".mixvae" / "checkpoints" / run_id).is_dir()
+    assert any((work / "mlruns").rglob("config.yaml"))

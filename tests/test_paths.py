@@ -46,3 +46,12 @@ def test_the_workdir_option_sets_the_working_directory_for_the_command(tmp_path,
     assert result.exit_code == 0, result.output
     assert seen["dir"] == target.resolve() and target.is_dir()
     assert os.environ[paths.ENV_VAR] == str(target.resolve())
+
+
+def test_the_default_store_keeps_new_experiments_artifacts_in_the_working_directory(tmp_path, monkeypatch):
+    from mixvae.tracking.mlflow_run import artifact_location
+
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "w"))
+    root = (tmp_path / "w").resolve()
+    assert artifact_location(paths.default_store_uri(), "my exp/1") == (root / "mlruns" / "my_exp_1").as_uri()
+    assert artifact_location("http://127.0.0.1:5000", "x") is None  # a server decides for itself

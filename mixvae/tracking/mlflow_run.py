@@ -11,12 +11,14 @@ for: `tracking.experiment_name` from the config when no variable names an experi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mixvae.paths import default_store_uri, work_dir
 from mixvae.tracking.artifacts import upload_dir  # noqa: F401  (mixvae.run imports it from here)
 from mixvae.tracking.connection import connect, short_reason
 from mixvae.tracking.mlflow_writer import MlflowWriter
@@ -25,12 +27,21 @@ from mixvae.tracking.writer import TrackingError
 EXPERIMENT_VARIABLES = ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 
 
-def experiment_named(client: MlflowClient, name: str) -> str:
+def artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment keeps its artifacts: MLflow's choice (None), except in the working
+    directory's default store, whose artifacts go beside it in `<working dir>/mlruns/<name>` (MLflow
+    would use `./mlruns` of whatever directory the command runs in)."""
+    if uri != default_store_uri():
+        return None
+    return (work_dir() / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "_", name)).as_uri()
+
+
+def experiment_named(client: MlflowClient, name: str, uri: str = "") -> str:
     """The id of the experiment called `name`, created when missing; a deleted one is refused."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=artifact_location(uri, name))
         except MlflowException:
             experiment = client.get_experiment_by_name(name)  # created meanwhile by someone else
             if experiment is None:
@@ -44,7 +55,7 @@ def experiment_named(client: MlflowClient, name: str) -> str:
 
 
 def experiment_for_new_run(client: MlflowClient, name: str, from_cli: bool,
-                           nested_parent_id: str | None) -> str | None:
+                           nested_parent_id: str | None, uri: str = "") -> str | None:
     """The experiment id to create a run in: the parent's for a child run, `--experiment-name`'s,
     None to let MLflow read `MLFLOW_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_ID`, else the config's
     `tracking.experiment_name` (created when missing)."""
@@ -52,7 +63,7 @@ def experiment_for_new_run(client: MlflowClient, name: str, from_cli: bool,
         return client.get_run(nested_parent_id).info.experiment_id
     if not from_cli and any(os.environ.get(variable) for variable in EXPERIMENT_VARIABLES):
         return None
-    return experiment_named(client, name)
+    return experiment_named(client, name, uri)
 
 
 def open_run(
@@ -90,7 +101,7 @@ def open_run(
                                       log_system_metrics=log_system_metrics)
         else:
             experiment_id = experiment_for_new_run(client, experiment_name, experiment_from_cli,
-                                                   nested_parent_id)
+                                                   nested_parent_id, uri)
             active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
                                       nested=nested_parent_id is not None, parent_run_id=nested_parent_id,
                                       tags=tags, description=description,

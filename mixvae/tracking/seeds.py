@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mixvae import __version__
 from mixvae.config import architecture_code, config_hash
+from mixvae.paths import under_work_dir
 from mixvae.tracking.connection import connect
 from mixvae.tracking.mlflow_run import open_run
 from mixvae.tracking.mlflow_writer import MlflowWriter
@@ -55,7 +56,7 @@ def close_seed_group(parent: MlflowWriter, child_ids: list[str], codes: list[int
         try:
             from mixvae.report import build_compare
             records = [load_run(i, parent.uri) for i in child_ids]
-            out = Path(report_dir) / parent.run_id
+            out = under_work_dir(report_dir) / parent.run_id
             report = build_compare(records, out)
             parent.log_artifacts(out)
         except Exception as exc:  # the children are complete runs; the comparison is a convenience
