@@ -272,11 +272,11 @@ def build_record(sc: Scenario) -> RunRecord:
         put("train/curriculum.kick_active", kick.astype(float))
         events = []
         for i, u in enumerate(unlock_at):
-            events.append({"epoch": u, "event": "unlock", "channel": i + 1, "k_active": i + 2,
+            events.append({"epoch": u, "event": "unlock", "component": i + 1, "k_active": i + 2,
                            "monitor_value": float(terms["loss.recon"][u - 2]), "reason": None})
-            events.append({"epoch": u + cur["kick"]["epochs"] - 1, "event": "kick_end", "channel": i + 1,
+            events.append({"epoch": u + cur["kick"]["epochs"] - 1, "event": "kick_end", "component": i + 1,
                            "k_active": i + 2, "monitor_value": None, "reason": None})
-        events.append({"epoch": 23, "event": "stop", "channel": None, "k_active": k_best,
+        events.append({"epoch": 23, "event": "stop", "component": None, "k_active": k_best,
                        "monitor_value": float(terms["loss.recon"][22]), "reason": "no_improvement"})
 
     history_arrays = None

@@ -67,7 +67,7 @@ def _tiny_model(tmp_path: Path, **model_overrides):
     cfg = Config.model_validate({"model": model_cfg})
     model = MixVAE(cfg, IMAGE_SHAPE, rngs=nnx.Rngs(0))
     k = cfg.model.num_components
-    active_mask = jnp.array([1.0] * (k - 1) + [0.0])  # the last channel closed
+    active_mask = jnp.array([1.0] * (k - 1) + [0.0])  # the last component closed
     tau_counts = None
     if cfg.model.use_tau_classifier:
         tau_counts = jnp.ones((k, cfg.model.num_classes)).at[0, 1].add(5.0)
@@ -186,7 +186,7 @@ def test_log_register_load_by_alias_and_predict(tracking_uri, tmp_path):
     np.testing.assert_array_equal(frame["component"], expected["component"])
     np.testing.assert_allclose(frame[columns[1:4]].to_numpy(), expected["responsibilities"],
                                rtol=1e-5, atol=1e-7)
-    assert (frame["responsibility_2"] == 0).all()  # closed channel
+    assert (frame["responsibility_2"] == 0).all()  # closed component
     np.testing.assert_allclose(frame[columns[1:4]].sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(frame["reconstruction_error"], expected["reconstruction_error"], rtol=1e-5)
     assert len(mlflow.pyfunc.load_model(f"models:/{name}/1").predict(images)) == 2

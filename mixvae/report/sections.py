@@ -300,9 +300,9 @@ class ReportSections:
             return section.add(Paragraph(f"Skipped: run has no curriculum events, summary or history "
                                          f"(status {self.record.status})."))
         if events:
-            # events.json names the component of an unlock or kick under "channel"
+            # runs logged before the field was named "component" call it "channel"
             section.add(Table(["epoch", "event", "component", "k_active", "monitor value", "reason"],
-                              [[fmt(e.get("epoch")), str(e.get("event")), fmt(e.get("channel")),
+                              [[fmt(e.get("epoch")), str(e.get("event")), fmt(e.get("component", e.get("channel"))),
                                 fmt(e.get("k_active")), fmt(e.get("monitor_value")), fmt(e.get("reason"))]
                                for e in events]))
         else:

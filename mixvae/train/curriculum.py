@@ -144,10 +144,8 @@ class Curriculum:
         self._event(epoch, "stop", None, value, reason)
 
     def _event(self, epoch, event, component, value, reason) -> None:
-        # "channel" is the field name recorded in curriculum/events.json (the report reads it); it holds
-        # the component the event is about.
         self.events.append({"epoch": int(epoch), "event": event,
-                            "channel": None if component is None else int(component),
+                            "component": None if component is None else int(component),
                             "k_active": int(self.k_active),
                             "monitor_value": None if value is None or not math.isfinite(value) else float(value),
                             "reason": reason})
