@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from mixvae import __version__
+from mixvae.paths import shown
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESUME_SAFE = ("training.max_epochs", "training.patience", "training.checkpoint_every")
@@ -294,7 +295,7 @@ def _train_seeds(state: State, loaded, seeds: list[int], kw: dict) -> None:
     report = close_seed_group(parent, child_ids, codes, cfg.tracking.report_dir, state.console)
     _out(f"group_run_id={parent.run_id}")
     if report:
-        _out(f"report={report}")
+        _out(f"report={shown(report)}")
     sys.exit(max(codes) if codes else EXIT_RUNTIME)
 
 
@@ -387,8 +388,8 @@ def report(state: State, run_id, out_dir, no_upload, no_html):
     if entry_run:
         from mixvae.tracking.entry_points import log_entry_point_files
         log_entry_point_files(entry_run, uri, [path], kind="report", extra_tags={"mixvae.report_of": full_id})
-    state.console.print(f"report      {path}")
-    _out(f"report={path}")
+    state.console.print(f"report      {shown(path)}")
+    _out(f"report={shown(path)}")
 
 
 @main.command()
@@ -439,8 +440,8 @@ def compare(state: State, runs, out_dir, baseline, metrics):
     if entry_run:
         from mixvae.tracking.entry_points import log_entry_point_files
         log_entry_point_files(entry_run, uri, [path, path.parent / "compare_figures"], kind="compare")
-    state.console.print(f"report      {path}")
-    _out(f"report={path}")
+    state.console.print(f"report      {shown(path)}")
+    _out(f"report={shown(path)}")
 
 
 # --- runs ------------------------------------------------------------------------------------------------

@@ -35,3 +35,12 @@ def checkpoints_dir(run_id: str) -> Path:
 def default_store_uri() -> str:
     """MLflow's default local store (`mlflow.db`), placed in the working directory."""
     return f"sqlite:///{work_dir() / 'mlflow.db'}"
+
+
+def shown(path: str | Path) -> str:
+    """A path as printed to the user: relative when it lies under the current directory."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

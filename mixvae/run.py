@@ -376,8 +376,8 @@ def _report(run: _Run, status: str) -> bool:
         report_path, _ = build_report_for_run(run.run_id, run.uri, cfg.tracking.report_dir, html=cfg.tracking.html,
                                               console=run.console, writer=run.writer, final_status=status)
         run.out.phases["report"] = time.perf_counter() - t_report
-        run.out.stdout.append(f"report={report_path}")
-        run.console.print(f"report      {report_path}")
+        run.out.stdout.append(f"report={paths.shown(report_path)}")
+        run.console.print(f"report      {paths.shown(report_path)}")
         run.writer.set_tags({"mixvae.report_status": "ok"})
     except Exception as exc:
         run.writer.set_tags({"mixvae.report_status": "failed"})

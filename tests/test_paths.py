@@ -55,3 +55,9 @@ def test_the_default_store_keeps_new_experiments_artifacts_in_the_working_direct
     root = (tmp_path / "w").resolve()
     assert artifact_location(paths.default_store_uri(), "my exp/1") == (root / "mlruns" / "my_exp_1").as_uri()
     assert artifact_location("http://127.0.0.1:5000", "x") is None  # a server decides for itself
+
+
+def test_printed_paths_are_relative_under_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert paths.shown(tmp_path / "reports" / "r1" / "REPORT.md") == "reports/r1/REPORT.md"
+    assert paths.shown("/elsewhere/REPORT.md") == "/elsewhere/REPORT.md"
