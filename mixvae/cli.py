@@ -210,7 +210,8 @@ def _parse_seeds(text: str) -> list[int]:
 @click.option("--register-model", default=None, help="Registered model name ('' = do not register).")
 @click.option("--alias", default=None, help="Alias of the new model version.")
 @click.option("--no-report", is_flag=True, help="Do not build the report.")
-@click.option("--force", is_flag=True, help="With --resume: resume a run still marked RUNNING.")
+@click.option("--force", is_flag=True,
+              help="With --resume: resume a RUNNING run even when its process may still be training it.")
 @click.pass_obj
 def train(state: State, config, sets, overrides, validate_only, strict, seeds, resume, experiment_name, run_name,
           register_model, alias, no_report, force):
@@ -325,7 +326,7 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
     except TrackingError as exc:
         _fail(state, str(exc), EXIT_RUNTIME)
     if info.status == "RUNNING" and not force:
-        _fail(state, f"run {info.run_id} is RUNNING; if no process is training it, add --force", EXIT_USAGE)
+        _take_over(state, info)
     if info.checkpoint_dir is None:
         _fail(state, f"run {info.run_id} has no checkpoints/last artifact; it cannot be resumed", EXIT_USAGE)
     if info.config is None:
@@ -350,12 +351,21 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
     try:
         outcome = runner.train(loaded, console, cli_uri=state.tracking_uri, resume_run_id=info.run_id,
                                resume_dir=info.checkpoint_dir, resume_overrides=[i for _, _, i in parsed],
-                               verbose=state.verbose)
+                               verbose=state.verbose, resume_logged=info.logged_epochs)
     except runner.UsageError as exc:
         _fail(state, str(exc), EXIT_USAGE)
     for line in outcome.stdout:
         _out(line)
     sys.exit(outcome.exit_code)
+
+
+def _take_over(state: State, info) -> None:
+    """--resume of a RUNNING run without --force: only when the process that trained it is provably gone."""
+    from mixvae.tracking.ownership import may_take_over
+    allowed, why = may_take_over(info.run_id, info.tags)
+    if not allowed:
+        _fail(state, why, EXIT_USAGE)
+    state.console.print(why)
 
 
 # --- report and compare --------------------------------------------------------------------------------

@@ -126,8 +126,9 @@ class _Run:
 def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, experiment_from_cli: bool = False,
           run_name_explicit: bool = False, resume_run_id: str | None = None, resume_dir: Path | None = None,
           resume_overrides: list[str] | None = None, nested_parent_id: str | None = None,
-          verbose: bool = False) -> Outcome:
-    """One training run, start to status. Raises UsageError for exit-2 problems found before a run exists."""
+          verbose: bool = False, resume_logged: frozenset[int] = frozenset()) -> Outcome:
+    """One training run, start to status; `resume_logged`: the epochs a resumed run already holds.
+    Raises UsageError for exit-2 problems found before a run exists."""
     from mixvae.tracking.writer import TrackingError
     from mixvae.tracking_uri import check_uri, resolve_tracking_uri
 
@@ -142,7 +143,7 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
         with _Phase(phases, "store"):
             writer = _open_run(loaded, ds, uri, run_name_explicit=run_name_explicit,
                                experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
-                               nested_parent_id=nested_parent_id)
+                               nested_parent_id=nested_parent_id, resume_logged=resume_logged)
     except TrackingError as exc:
         console.error(f"error: {exc}")
         return Outcome(EXIT_RUNTIME)
@@ -167,17 +168,20 @@ def _load_data(cfg, console: Console, phases: dict) -> object:
 
 
 def _open_run(loaded: Loaded, ds, uri: str, *, run_name_explicit: bool, experiment_from_cli: bool,
-              resume_run_id: str | None, nested_parent_id: str | None):
-    """A new MLflow run (or the resumed one) with its name, tags and description."""
+              resume_run_id: str | None, nested_parent_id: str | None, resume_logged: frozenset[int]):
+    """A new MLflow run (or the resumed one) with its name, tags and description; its writer beats
+    with the epochs and does not log again the epochs a resumed run already holds."""
     from mixvae.tracking.mlflow_run import open_run
+    from mixvae.tracking.ownership import OwnedWriter
     cfg = loaded.config
     arch = architecture_code(cfg, ds.n_labeled)
-    return open_run(uri=uri, experiment_name=cfg.tracking.experiment_name,
-                    run_name=cfg.tracking.run_name or f"{cfg.experiment.name}-{arch}",
-                    run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
-                    experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
-                    tags=run_tags(loaded, ds, arch), description=cfg.experiment.description or None,
-                    nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics)
+    writer = open_run(uri=uri, experiment_name=cfg.tracking.experiment_name,
+                      run_name=cfg.tracking.run_name or f"{cfg.experiment.name}-{arch}",
+                      run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
+                      experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
+                      tags=run_tags(loaded, ds, arch), description=cfg.experiment.description or None,
+                      nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics)
+    return OwnedWriter(writer, skip_epochs=resume_logged)
 
 
 def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str] | None) -> Outcome:
@@ -190,7 +194,7 @@ def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str
     _print_training_header(run, trainer)
     if resume_dir is not None:
         trainer.restore_last(resume_dir)
-        run.console.print(f"  resumed     from epoch {trainer.epoch}")
+        run.console.print(f"  resumed     from epoch {trainer.epoch}{run.writer.resume_note(trainer.epoch)}")
         run.writer.set_tags({"mixvae.resumed_from_epoch": str(trainer.epoch)})
     result, status, reason = _train(run, trainer)
     if status == "KILLED":

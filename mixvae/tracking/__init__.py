@@ -13,6 +13,7 @@ The tracking URI's precedence and check live below this package, in `mixvae/trac
 - model_logging.py log_model (models-from-code), register, make_data_meta
 - pyfunc_model.py  the file MLflow loads the model from
 - listing.py       `mixvae runs`
+- ownership.py     the host and process that own a run, its heartbeat, whether the owner is gone
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixvae.tracking.artifacts import download_artifact
@@ -46,6 +46,9 @@ def log_entry_point_files(run_id: str, uri: str, paths: list[Path], *, kind: str
         client.set_tag(run_id, key, value)
 
 
+EPOCH_KEY = "val/loss.total"  # logged with every epoch, in the same batch as the epoch's other values
+
+
 @dataclass
 class ResumeInfo:
     run_id: str
@@ -53,10 +56,13 @@ class ResumeInfo:
     config: str | None          # config.yaml text of the run
     config_name: str | None
     checkpoint_dir: Path | None  # local copy of checkpoints/last
+    tags: dict[str, str] = field(default_factory=dict)
+    logged_epochs: frozenset[int] = frozenset()  # epochs the run holds (some may be after the checkpoint)
 
 
 def prepare_resume(run_ref: str, uri: str, workdir: Path) -> ResumeInfo:
-    """Find the run, download config.yaml and checkpoints/last (RunNotFound / TrackingError on failure)."""
+    """Find the run, download config.yaml and checkpoints/last, note its tags and the epochs it
+    already holds (RunNotFound / TrackingError on failure)."""
     client = connect(uri)
     run_id = resolve_run_id(client, run_ref)
     run = client.get_run(run_id)
@@ -64,7 +70,8 @@ def prepare_resume(run_ref: str, uri: str, workdir: Path) -> ResumeInfo:
     ckpt = download_artifact(client, run_id, "checkpoints/last", workdir)
     if ckpt is not None and not (Path(ckpt) / "state.msgpack").exists():
         ckpt = None
+    logged = frozenset(m.step for m in client.get_metric_history(run_id, EPOCH_KEY))
     return ResumeInfo(run_id=run_id, status=run.info.status,
                       config=Path(cfg_path).read_text() if cfg_path else None,
                       config_name=run.data.tags.get("mixvae.config_name"),
-                      checkpoint_dir=Path(ckpt) if ckpt else None)
+                      checkpoint_dir=Path(ckpt) if ckpt else None, tags=dict(run.data.tags), logged_epochs=logged)

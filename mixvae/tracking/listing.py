@@ -1,4 +1,6 @@
-"""`mixvae runs`: list runs from the tracking store, newest first."""
+"""`mixvae runs`: list runs from the tracking store, newest first. A RUNNING run whose process is
+provably gone (ownership.py) shows as `RUNNING (stale: owner gone)`; `--format json` keeps the
+status and adds `"stale": true`."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from mixvae.tracking.connection import connect
+from mixvae.tracking.ownership import owner_state
 from mixvae.tracking.record import all_experiments as experiments_in
 from mixvae.tracking.writer import RUN_STATUSES
 
@@ -64,6 +67,8 @@ def run_row(run: Run, experiment_name: str) -> dict:
         "run_id": info.run_id,
         "name": info.run_name or "",
         "status": info.status,
+        # RUNNING, but the process that trained it is provably gone (killed outright): resume it
+        "stale": info.status == "RUNNING" and owner_state(data.tags) == "gone",
         "started": format_started(info.start_time),
         "duration": format_duration(info.start_time, info.end_time),
         "arch": data.tags.get("mixvae.architecture", ""),
@@ -117,6 +122,12 @@ def list_runs(
     return [run_row(run, names_by_id[run.info.experiment_id]) for run in runs]
 
 
+def _shown(row: dict, key: str):
+    if key == "status" and row.get("stale"):
+        return f"{row['status']} (stale: owner gone)"
+    return row[key]
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
@@ -127,7 +138,7 @@ def _cell(value) -> str:
 
 def format_table(rows: Sequence[dict]) -> str:
     """Aligned columns; an empty listing is the header alone."""
-    cells = [list(COLUMNS)] + [[_cell(row[k]) for k in _ROW_KEYS] for row in rows]
+    cells = [list(COLUMNS)] + [[_cell(_shown(row, k)) for k in _ROW_KEYS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
     return "\n".join(lines) + "\n"
@@ -138,7 +149,7 @@ def format_csv(rows: Sequence[dict]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow(["" if row[k] is None else row[k] for k in _ROW_KEYS])
+        writer.writerow(["" if row[k] is None else _shown(row, k) for k in _ROW_KEYS])
     return out.getvalue()
 
 

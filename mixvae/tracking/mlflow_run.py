@@ -22,6 +22,7 @@ from mixvae.paths import default_store_uri, work_dir
 from mixvae.tracking.artifacts import upload_dir  # noqa: F401  (mixvae.run imports it from here)
 from mixvae.tracking.connection import connect, short_reason
 from mixvae.tracking.mlflow_writer import MlflowWriter
+from mixvae.tracking.ownership import owner_tags
 from mixvae.tracking.writer import TrackingError
 
 EXPERIMENT_VARIABLES = ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
@@ -86,11 +87,13 @@ def open_run(
       chosen or created. The run keeps its name unless `run_name_explicit`.
     - else a new run named `run_name`: nested under `nested_parent_id` in the parent's experiment
       when given, else in the experiment chosen by `experiment_for_new_run`.
+    The run's tags name this process as its owner (ownership.py), also when it is reopened.
     Raises TrackingError when the store cannot be reached or the run cannot be opened.
     """
     client = connect(uri)
     mlflow.set_tracking_uri(uri)
-    tags = {str(k): str(v) for k, v in (tags or {}).items()} or None
+    # every run records the process that holds it, so that a hard kill can be told from a live run
+    tags = {**owner_tags(), **{str(k): str(v) for k, v in (tags or {}).items()}}
     attach_id = resume_run_id or os.environ.get("MLFLOW_RUN_ID") or None
     try:
         if attach_id:

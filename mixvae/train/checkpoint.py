@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ def save(directory: Path, arrays: dict[str, Any], host: dict, meta: dict) -> Pat
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     if directory.exists():
         old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)  # left behind by a process killed between the two renames
         os.replace(directory, old)
         os.replace(tmp, directory)
         for f in old.iterdir():
