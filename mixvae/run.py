@@ -22,6 +22,7 @@ from pathlib import Path
 from mixvae import __version__, paths
 from mixvae.config import (Loaded, architecture_code, config_hash, flatten, model_summary_line, to_yaml)
 from mixvae.console import Console
+from mixvae.tracking_uri import redact, redact_uri
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -218,7 +219,7 @@ def _log_inputs(run: _Run, resume_dir: Path | None, resume_overrides: list[str] 
     if resume_dir is None:
         writer.log_params(flatten(run.cfg))
         writer.log_inputs(list(dataset_record(run.ds).values()))
-        (staging / "config.input.yaml").write_text(run.loaded.input_text)
+        (staging / "config.input.yaml").write_text(redact_uri(run.loaded.input_text))
         writer.log_artifact(staging / "config.input.yaml")
     else:
         writer.set_tags({"mixvae.resume_overrides": "; ".join(resume_overrides or [])})
@@ -230,7 +231,7 @@ def _print_run_header(run: _Run) -> None:
     console, writer = run.console, run.writer
     console.print(f"mixvae {__version__} · train · {run.loaded.path}")
     console.print(f"  run         {run.run_id}  \"{writer.run_name}\"  experiment \"{writer.experiment_name}\"")
-    console.print(f"  tracking    {run.uri}  ({run.uri_source})")
+    console.print(f"  tracking    {redact(run.uri)}  ({run.uri_source})")
     console.print(f"  data        {run.ds.summary_line()}")
     console.print(f"  model       {model_summary_line(run.cfg)}")
 

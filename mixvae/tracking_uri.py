@@ -6,6 +6,7 @@ This module does not import mlflow: `mixvae validate` calls it and must stay fas
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlparse
 
 from mixvae.paths import default_store_uri
@@ -17,6 +18,13 @@ SOURCE_DEFAULT = "default"
 
 # Tracking URIs MLflow accepts without a scheme separator.
 _SCHEMELESS_URIS = {"databricks", "databricks-uc", "uc"}
+
+# The password in `scheme://user:password@host` (http, postgresql, mysql, ...): everything between the
+# user name's colon and the last "@" before the path.
+_URI_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s/]*@")
+# Environment variables whose values are secrets MLflow's client sends to a tracking server.
+SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+REDACTED = "***"
 
 
 def default_tracking_uri(directory: str | None = None) -> str:
@@ -53,11 +61,28 @@ def is_file_store(uri: str) -> bool:
     return scheme in ("", "file") or len(scheme) == 1
 
 
+def redact_uri(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` in it replaced by ***; the user
+    name and the host stay, so the line still says where and as whom."""
+    return _URI_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", text)
+
+
+def redact(text: str) -> str:
+    """`text` fit to print or log: URI passwords and the values of the secret variables
+    (`MLFLOW_TRACKING_PASSWORD`, `MLFLOW_TRACKING_TOKEN`) replaced by ***."""
+    text = redact_uri(text)
+    for name in SECRET_VARIABLES:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 4:  # a one-letter "secret" would blot out ordinary words
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def check_uri(uri: str) -> str | None:
     """The message when `uri` names a file store (MLflow 3 dropped them), else None."""
     if not is_file_store(uri):
         return None
     return (
-        f"tracking URI '{uri}' is a file store: file stores are not supported; "
+        f"tracking URI '{redact_uri(uri)}' is a file store: file stores are not supported; "
         "use sqlite:///path/mlflow.db or a server"
     )

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from mixvae.config.schema import Config, resolved_conditioning
+from mixvae.tracking_uri import redact_uri
 
 
 def flatten_dict(nested: dict, prefix: str = "") -> dict[str, Any]:
@@ -36,7 +37,8 @@ def config_from_dict(d: dict) -> Config:
 
 
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, allow_unicode=True)
+    """The resolved config as YAML, as it is logged and printed: a password in `tracking.uri` is ***."""
+    return redact_uri(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, allow_unicode=True))
 
 
 def flat_values(cfg: Config) -> dict[str, Any]:

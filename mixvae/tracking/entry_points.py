@@ -11,7 +11,7 @@ from pathlib import Path
 from mixvae.tracking.artifacts import download_artifact
 from mixvae.tracking.connection import connect, short_reason
 from mixvae.tracking.record import resolve_run_id
-from mixvae.tracking_uri import resolve_tracking_uri
+from mixvae.tracking_uri import redact_uri, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def log_validation_run(run_id: str, *, config_yaml: str | None, input_text: str 
     if config_yaml is not None:
         client.log_text(run_id, config_yaml, "config.yaml")
     if input_text is not None:
-        client.log_text(run_id, input_text, "config.input.yaml")
+        client.log_text(run_id, redact_uri(input_text), "config.input.yaml")
     client.log_text(run_id, json.dumps(validation, indent=2, sort_keys=True), "validation.json")
     client.set_tag(run_id, "mixvae.kind", "validate")
     client.set_terminated(run_id, "FINISHED" if validation.get("valid") else "FAILED")

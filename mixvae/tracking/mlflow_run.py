@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from mixvae.paths import default_store_uri, work_dir
 from mixvae.tracking.artifacts import upload_dir  # noqa: F401  (mixvae.run imports it from here)
-from mixvae.tracking.connection import connect, short_reason
+from mixvae.tracking.connection import connect, short_reason, sign_in_problem
 from mixvae.tracking.mlflow_writer import MlflowWriter
 from mixvae.tracking.ownership import owner_tags
 from mixvae.tracking.writer import TrackingError
@@ -114,7 +114,8 @@ def open_run(
         raise
     except Exception as exc:
         what = f"run {attach_id}" if attach_id else "a run"
-        raise TrackingError(f"could not open {what} at {uri}: {short_reason(exc)}") from exc
+        raise TrackingError(sign_in_problem(exc, uri, f"open {what}")
+                            or f"could not open {what} at {uri}: {short_reason(exc)}") from exc
     return MlflowWriter(client, run_id=active.info.run_id, run_name=active.info.run_name,
                         experiment_id=active.info.experiment_id, experiment_name=experiment_name,
                         artifact_uri=active.info.artifact_uri, uri=uri, attached=bool(attach_id))

@@ -15,13 +15,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from mixvae.tracking_uri import redact
+
 RUN_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 STATUS_REASON_TAG = "mixvae.status_reason"
 
 
 class TrackingError(RuntimeError):
-    """The tracking store failed or could not be reached (exit 1 at the CLI)."""
+    """The tracking store failed or could not be reached (exit 1 at the CLI).
+
+    Its message is printed and may become a run's status reason, so credentials in it (a URI's
+    password, the value of MLFLOW_TRACKING_PASSWORD) are replaced by *** here, once for every caller."""
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(redact(str(message)), *args)
 
 
 class RunNotFound(LookupError):
