@@ -11,6 +11,7 @@ directory. Beneath it:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 ENV_VAR = "MIXVAE_WORKDIR"
@@ -44,3 +45,21 @@ def shown(path: str | Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def unwritable(directory: str | Path) -> str | None:
+    """Why files cannot be created in `directory` (created first when missing), else None.
+
+    Looks at the nearest part of the path that exists: it must be a directory in which a file can be
+    made. The probe is a nameless temporary file, gone when the check returns; nothing else is written."""
+    probe = Path(directory).expanduser().absolute()
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"{probe} is not writable ({exc.strerror or type(exc).__name__})"
+    return None

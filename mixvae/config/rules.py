@@ -6,15 +6,15 @@ every error and warning of a config together, one line each, ``<dotted key>: <pr
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from mixvae.config import metric_table as mt
 from mixvae.config.applicability import APPLIES
 from mixvae.config.flat import default_in_context, defaults_flat, flat_values
+from mixvae.config.preflight import preflight_problems
 from mixvae.config.schema import Config
-from mixvae.tracking_uri import SOURCE_CONFIG, SOURCE_DEFAULT, check_uri, resolve_tracking_uri
+from mixvae.tracking_uri import resolve_tracking_uri
 
 _COMPONENT_DECODING_PRIORS = "prior_type mixture or geometric_mog"
 
@@ -187,20 +187,12 @@ def _curriculum_rules(cfg: Config, explicit: set[str], found: Findings) -> None:
 # --- tracking ----------------------------------------------------------------------------------
 
 def _tracking_rules(cfg: Config, tracking_uri: str | None, found: Findings) -> None:
-    """Registry aliases and tag prefixes MLflow reserves; a tracking store MLflow can serve models from."""
-    alias = cfg.tracking.model_alias
-    if alias == "latest" or re.fullmatch(r"v\d+", alias):
-        found.error("tracking.model_alias", f"'{alias}' is reserved by the MLflow registry")
-    for tag in cfg.experiment.tags:
-        if tag.startswith(("mlflow.", "mixvae.")):
-            found.error("experiment.tags", f"tag key '{tag}' uses a reserved prefix (mlflow. or mixvae.)")
-    # The URI the run would use (--tracking-uri, then MLFLOW_TRACKING_URI, then tracking.uri);
-    # MLflow's own default is fine.
+    """What training needs from the tracking store, MLflow's names and the output directories
+    (config/preflight.py), checked on the URI the run would use: --tracking-uri, then
+    MLFLOW_TRACKING_URI, then tracking.uri, else the working directory's default store."""
     uri, uri_source = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
-    if uri_source != SOURCE_DEFAULT:
-        msg = check_uri(uri)
-        if msg:
-            found.error("tracking.uri" if uri_source == SOURCE_CONFIG else uri_source, msg)
+    for key, msg in preflight_problems(cfg, uri, uri_source):
+        found.error(key, msg)
 
 
 # --- keys set without effect -------------------------------------------------------------------
