@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import http.server
+import io
 import re
 import threading
 from pathlib import Path
@@ -328,11 +330,20 @@ IMAGES = np.zeros((50, 8, 8), np.uint8)
         ({"images": IMAGES, "labels": np.zeros(49, np.int64)},
          "key 'labels' must have shape [50]; found shape [49]"),
         ({"images": IMAGES, "labels": np.zeros(50, np.float32)},
-         "key 'labels' must hold integers; found dtype float32"),
+         "key 'labels' must hold integers; found floating-point numbers (dtype float32); they are whole numbers, "
+         "so save labels.astype('int64')"),
+        ({"images": IMAGES, "labels": np.linspace(0, 9, 50)},
+         "key 'labels' must hold integers; found floating-point numbers (dtype float64)"),
+        ({"images": IMAGES, "labels": np.array([str(i % 10) for i in range(50)])},
+         "key 'labels' must hold integers; found text (dtype <U1)"),
+        ({"images": IMAGES, "labels": np.arange(50, dtype=object)},
+         "key 'labels' holds Python objects (dtype object), which mixvae does not load; store integers in it"),
+        ({"images": np.zeros((50, 8, 8, 1, 1), np.uint8)},
+         "key 'images' must have shape [N, H, W] or [N, H, W, Ch]; found shape [50, 8, 8, 1, 1]"),
         ({"images": IMAGES, "test_images": np.zeros((5, 8, 9), np.uint8)},
          "key 'test_images' has images of 8x9x1, but 'images' has 8x8x1"),
         ({"pixels": IMAGES}, "has no key 'images' (keys found: 'pixels')"),
-        ({"images": np.array([["a"] * 8] * 8)}, "key 'images' must hold numbers; found dtype <U1"),
+        ({"images": np.array([["a"] * 8] * 8)}, "key 'images' must hold numbers; found text (dtype <U1)"),
     ],
 )
 def test_npz_malformed(tmp_path, arrays, expected):
@@ -345,10 +356,44 @@ def test_npz_malformed(tmp_path, arrays, expected):
 def test_npz_missing_file_and_not_npz(tmp_path):
     (problem,) = problems_of(make_cfg(data={"dataset": "npz", "path": str(tmp_path / "nope.npz")}))
     assert "npz file not found" in problem and "nope.npz" in problem
-    junk = tmp_path / "junk.npz"
-    junk.write_text("not a zip")
-    (problem,) = problems_of(make_cfg(data={"dataset": "npz", "path": str(junk)}))
-    assert f"cannot read {junk} as an npz file" in problem
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _half_an_npz(tmp_path: Path) -> bytes:
+    data = write_npz(tmp_path / "whole.npz").read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (lambda tmp: b"images,labels\n0,1\n", "it is a text file"),
+        (lambda tmp: bytes(range(256)) * 4, "its first bytes are 00 01 02 03 04 05 06 07"),
+        (lambda tmp: b"", "it is empty"),
+        (lambda tmp: _npy_bytes(np.zeros((50, 8, 8))), "it holds one array written by numpy.save (.npy)"),
+        (lambda tmp: _npy_bytes(np.array([{"a": 1}], dtype=object)), "it holds one array written by numpy.save"),
+        (lambda tmp: gzip.compress(b"images"), "it is gzip-compressed data"),
+        (_half_an_npz, "it is a zip archive cut short or damaged; write it again"),
+    ],
+    ids=["text", "random-bytes", "empty", "npy", "pickled-npy", "gzip", "truncated-zip"],
+)
+def test_a_file_that_is_not_an_npz_gets_one_sentence_naming_it(tmp_path, content, what):
+    path = tmp_path / "x.npz"
+    path.write_bytes(content(tmp_path))
+    (problem,) = problems_of(make_cfg(data={"dataset": "npz", "path": str(path)}))
+    assert problem.startswith(f"data: {path} is not an npz file (a zip archive written by numpy.savez): ")
+    assert what in problem and "\n" not in problem
+    assert "pickle" not in problem and "unsafe" not in problem
+    # the same check guards the <dataset>.npz alternative of an MNIST directory
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "mnist.npz").write_bytes(content(tmp_path))
+    (problem,) = problems_of(make_cfg(data={"dataset": "mnist", "path": str(tmp_path / "m")}))
+    assert problem.startswith(f"data: {tmp_path / 'm' / 'mnist.npz'} is not an npz file") and what in problem
 
 
 def test_nan_pixels_are_a_data_error(tmp_path):
@@ -476,6 +521,19 @@ def test_idx_counts_must_agree_and_truncation_is_caught(tmp_path):
     write_idx(truncated, np.zeros(300, np.uint8))
     (problem,) = problems_of(make_cfg(data={"dataset": "mnist", "path": str(directory)}))
     assert "holds 60 images but" in problem and "holds 59 labels" in problem
+
+
+def test_gzipped_idx_files_cut_short_or_not_gzip_get_one_sentence_each(tmp_path):
+    directory = write_idx_dir(tmp_path / "m")
+    images = directory / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:500])
+    labels = directory / "train-labels-idx1-ubyte.gz"
+    labels.write_text("label,0\n")
+    problems = problems_of(make_cfg(data={"dataset": "mnist", "path": str(directory)}))
+    assert problems == [
+        f"data: {images} is a truncated gzip file: it ends before its end-of-stream marker",
+        f"data: {labels} is not gzip-compressed, though its name ends in .gz",
+    ]
 
 
 # ---- download

