@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mixvae.tracking.store import prepare_store
 from mixvae.tracking.writer import TrackingError
 from mixvae.tracking_uri import check_uri, redact
 
@@ -117,6 +118,7 @@ def connect(uri: str) -> MlflowClient:
     if problem:
         raise TrackingError(problem)
     prepare_mlflow()
+    prepare_store(uri)  # a local sqlite store: created once across processes, clear words when broken
     with first_contact_settings():
         try:
             client = MlflowClient(tracking_uri=uri)
