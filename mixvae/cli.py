@@ -85,6 +85,8 @@ def main(ctx, tracking_uri, workdir, verbose, quiet):
     _quiet_env()
     if workdir:
         from mixvae import paths
+        if problem := paths.unwritable(workdir):  # validate and train alike: exit 2 before anything runs
+            ctx.fail(f"--workdir {workdir}: {problem}")
         Path(workdir).mkdir(parents=True, exist_ok=True)
         os.environ[paths.ENV_VAR] = str(Path(workdir).resolve())
     ctx.obj = State(tracking_uri, verbose, quiet)
