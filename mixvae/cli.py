@@ -306,9 +306,7 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
     """--resume RUN_ID: same run, same config, only resume-safe overrides."""
     from mixvae import run as runner
     from mixvae.config import ConfigError, flat_values, load_config, parse_overrides
-    from mixvae.tracking.entry_points import prepare_resume
     from mixvae.tracking_uri import resolve_tracking_uri
-    from mixvae.tracking.writer import RunNotFound, TrackingError
 
     console = state.console
     try:
@@ -320,13 +318,7 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
         _fail(state, f"--resume: {', '.join(bad)} cannot change when resuming; only "
                      f"{', '.join(RESUME_SAFE)} and tracking.* may be overridden", EXIT_USAGE)
     uri = resolve_tracking_uri(state.tracking_uri, None)[0]
-    workdir = Path(tempfile.mkdtemp(prefix="mixvae-resume-"))
-    try:
-        info = prepare_resume(run_ref, uri, workdir)
-    except RunNotFound as exc:
-        _fail(state, str(exc), EXIT_USAGE)
-    except TrackingError as exc:
-        _fail(state, str(exc), EXIT_RUNTIME)
+    info = _resume_info(state, run_ref, uri)
     if info.status == "RUNNING" and not force:
         _take_over(state, info)
     if info.checkpoint_dir is None:
@@ -359,6 +351,19 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
     for line in outcome.stdout:
         _out(line)
     sys.exit(outcome.exit_code)
+
+
+def _resume_info(state: State, run_ref: str, uri: str):
+    """The run to resume with its config and last checkpoint downloaded; exits 2 for an unknown run,
+    1 when the store fails."""
+    from mixvae.tracking.entry_points import prepare_resume
+    from mixvae.tracking.writer import RunNotFound, TrackingError
+    try:
+        return prepare_resume(run_ref, uri, Path(tempfile.mkdtemp(prefix="mixvae-resume-")))
+    except RunNotFound as exc:
+        _fail(state, str(exc), EXIT_USAGE)
+    except TrackingError as exc:
+        _fail(state, str(exc), EXIT_RUNTIME)
 
 
 def _take_over(state: State, info) -> None:
