@@ -24,6 +24,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +34,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-settings.register_profile("hermetic", database=None)  # no .hypothesis/ folder in the repository
+# hermetic: Hypothesis keeps no example database and caches its constants outside the repository
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="mixvae-hypothesis-"))
+settings.register_profile("hermetic", database=None)
 settings.load_profile("hermetic")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -53,7 +53,7 @@ def bench_env(subprocess_env, tmp_path):
 
 def quality(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
 
 
 @pytest.mark.slow
