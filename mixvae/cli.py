@@ -1,4 +1,4 @@
-"""The `mixvae` command line: validate, train, report, compare, runs.
+"""The `mixvae` command line: validate, train, report, compare, runs, sync.
 
 Human-readable output goes to stderr; stdout carries only machine-readable `key=value` lines (and the
 YAML of --print-config and the `runs` listing). Exit codes: 0 ok, 1 runtime failure, 2 usage or
@@ -18,6 +18,7 @@ import click
 
 from mixvae import __version__
 from mixvae.paths import shown
+from mixvae.tracking.sync import sync_command, sync_spool as _sync_spool
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESUME_SAFE = ("training.max_epochs", "training.patience", "training.checkpoint_every")
@@ -487,6 +488,9 @@ def runs(state: State, experiments, all_experiments, limit, status, filter_, all
     except TrackingError as exc:
         _fail(state, str(exc), EXIT_RUNTIME)
     _out(format_rows(rows, fmt))
+
+
+main.add_command(sync_command)  # `mixvae sync RUN_ID` (mixvae/tracking/sync.py)
 
 
 if __name__ == "__main__":  # pragma: no cover

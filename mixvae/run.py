@@ -181,7 +181,8 @@ def _open_run(loaded: Loaded, ds, uri: str, *, run_name_explicit: bool, experime
                       run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
                       experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
                       tags=run_tags(loaded, ds, arch), description=cfg.experiment.description or None,
-                      nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics)
+                      nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics,
+                      outage_tolerance=cfg.tracking.outage_tolerance_sec)
     return OwnedWriter(writer, skip_epochs=resume_logged)
 
 
@@ -203,6 +204,8 @@ def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str
     if result is None or result.summary is None:
         return _close(run, "FAILED", reason or "training failed", EXIT_RUNTIME)
     exit_code = _finish(run, result, status, reason)
+    if not run.writer.flush():  # the store stayed away: the model and the report wait for `mixvae sync`
+        return _close(run, status, reason, EXIT_RUNTIME)
     if status == "FINISHED" and run.cfg.tracking.log_model and not _log_model(run, result):
         exit_code = EXIT_RUNTIME
     if run.cfg.tracking.report and not _report(run, status):
@@ -444,7 +447,10 @@ def _close(run: _Run, status: str, reason: str | None, code: int) -> Outcome:
         pass
     ok = writer.set_status(status, reason if status != "FINISHED" else None,
                            flush_timeout=10 if status == "KILLED" else None)
-    if not ok and status == "FINISHED":
+    if getattr(writer, "undelivered", None):  # kept on local disk until `mixvae sync` delivers it
+        console.error(writer.undelivered)
+        code = max(code, EXIT_RUNTIME)
+    elif not ok and status == "FINISHED":
         console.error(f"tracking failure: could not mark run {out.run_id} {status}: {writer.error}")
         code = EXIT_RUNTIME
     out.status = status

@@ -294,6 +294,11 @@ class TrackingConfig(_Section):
     report: StrictBool = True
     html: StrictBool = True
     report_dir: str = "reports"
+    # How long mixvae waits for a tracking store that stopped answering before it stops waiting:
+    # training never waits; its end waits until the outage is this old, then keeps what is undelivered
+    # on local disk for `mixvae sync` (a week at most).
+    outage_tolerance_sec: float = Field(600.0, ge=0, le=604800)
+
 
 
 class Config(_Section):

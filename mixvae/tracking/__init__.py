@@ -7,7 +7,10 @@ The tracking URI's precedence and check live below this package, in `mixvae/trac
 - writer.py        RunWriter protocol, MemoryWriter, TrackingError, RunNotFound
 - connection.py    connect (fails fast when the store does not answer), mixvae's MLflow settings
 - mlflow_run.py    open_run: create or attach to a run (MLflow's own run and experiment rules)
-- mlflow_writer.py MlflowWriter: the loop's MLflow calls, in order, on one worker thread
+- mlflow_writer.py MlflowWriter: the loop's MLflow calls, spooled, then made in order on one worker thread
+- spool.py         the calls the store has not acknowledged, on local disk
+- delivery.py      one spooled call: its form, making it, outage or refusal
+- sync.py          `mixvae sync`: deliver a kept spool
 - artifacts.py     download_artifact, upload_dir
 - record.py        RunRecord, load_run, resolve_run_id
 - model_logging.py log_model (models-from-code), register, make_data_meta

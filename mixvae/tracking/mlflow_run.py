@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mixvae.paths import default_store_uri, work_dir
 from mixvae.tracking.artifacts import upload_dir  # noqa: F401  (mixvae.run imports it from here)
 from mixvae.tracking.connection import connect, short_reason, sign_in_problem
-from mixvae.tracking.mlflow_writer import MlflowWriter
+from mixvae.tracking.mlflow_writer import DEFAULT_OUTAGE_TOLERANCE_S, MlflowWriter
 from mixvae.tracking.ownership import owner_tags
 from mixvae.tracking.writer import TrackingError
 
@@ -79,6 +79,7 @@ def open_run(
     description: str | None = None,
     nested_parent_id: str | None = None,
     log_system_metrics: bool = False,
+    outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE_S,
 ) -> MlflowWriter:
     """Create a run, or attach to one, and return its writer (status RUNNING).
 
@@ -88,6 +89,7 @@ def open_run(
     - else a new run named `run_name`: nested under `nested_parent_id` in the parent's experiment
       when given, else in the experiment chosen by `experiment_for_new_run`.
     The run's tags name this process as its owner (ownership.py), also when it is reopened.
+    `outage_tolerance` is how long the writer's end waits for a store that stopped answering.
     Raises TrackingError when the store cannot be reached or the run cannot be opened.
     """
     client = connect(uri)
@@ -118,4 +120,5 @@ def open_run(
                             or f"could not open {what} at {uri}: {short_reason(exc)}") from exc
     return MlflowWriter(client, run_id=active.info.run_id, run_name=active.info.run_name,
                         experiment_id=active.info.experiment_id, experiment_name=experiment_name,
-                        artifact_uri=active.info.artifact_uri, uri=uri, attached=bool(attach_id))
+                        artifact_uri=active.info.artifact_uri, uri=uri, attached=bool(attach_id),
+                        outage_tolerance=outage_tolerance)

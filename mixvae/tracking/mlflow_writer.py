@@ -1,17 +1,23 @@
 """`MlflowWriter`: the `RunWriter` that sends one run's params, tags, metrics, dataset inputs and
-artifacts to MLflow without making the training loop wait.
+artifacts to MLflow without making the training loop wait, and without losing them when the store
+goes away for a while.
 
-Every MLflow call of the loop runs, in the order the loop made it, on one worker thread of a
-`ThreadPoolExecutor`; the loop only submits. Retries are MLflow's own (its HTTP retry settings,
-see connection.py); a call that still fails is the run's tracking failure, reported by `check()`.
+Every call is first written to the run's spool on local disk (spool.py, in the order the loop made
+it) and then made, oldest first, by one worker thread; the loop only submits. A call is removed from
+the spool once the store has acknowledged it, so nothing is sent twice. When the store does not
+answer (after MLflow's own HTTP retries, see connection.py), the worker keeps the calls and tries
+again with growing pauses (at most `MAX_PAUSE_S`) while training goes on. Training's end waits for
+the store until the outage has lasted `outage_tolerance` seconds (`tracking.outage_tolerance_sec`);
+if it is still away then, the final status joins the spool too, `undelivered` says what is kept where,
+and `mixvae sync RUN_ID` delivers it later. A call the store answers and refuses (e.g. a changed
+param) is the run's tracking failure, reported by `check()`, as before spooling existed.
 
 Why not MLflow's asynchronous logging (`log_batch(synchronous=False)`)? It covers params, tags and
 metrics only: MLflow uploads files synchronously, and the checkpoint the loop uploads every few
 epochs must not hold the loop up nor change under the upload (tests/test_tracking.py's round trip
-logs a file, then rewrites it). Its `RunOperations` can only be waited on, so a per-epoch `check()`
-would wait for the epoch just logged, and a failure comes back wrapped in a list
-("The following failures occurred ...") instead of the store's own reason, which
-`test_failing_call_surfaces_in_check` asserts. One ordered worker does both jobs.
+logs a file, then rewrites it). It keeps its queue in memory, so an outage longer than its retries
+loses the calls. And a failure comes back wrapped in a list ("The following failures occurred ...")
+instead of the store's own reason, which `test_failing_call_surfaces_in_check` asserts.
 """
 
 from __future__ import annotations
@@ -19,24 +25,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for_futures
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
+from mixvae.tracking import delivery
 from mixvae.tracking.artifacts import download_artifact
-from mixvae.tracking.connection import short_reason
+from mixvae.tracking.connection import first_contact_settings, short_reason
+from mixvae.tracking.spool import Spool, spool_dir
 from mixvae.tracking.writer import (
     STATUS_REASON_TAG,
     TrackingError,
@@ -50,6 +53,9 @@ from mixvae.tracking.writer import (
 log = logging.getLogger(__name__)
 
 WRITER_NICENESS = 10
+DEFAULT_OUTAGE_TOLERANCE_S = 600.0
+FIRST_PAUSE_S = 1.0     # the pause after the first failed try; it doubles after each failure …
+MAX_PAUSE_S = 30.0      # … up to this
 
 
 def lower_thread_priority() -> None:
@@ -61,13 +67,19 @@ def lower_thread_priority() -> None:
 
 
 class MlflowWriter:
-    """`RunWriter` for one MLflow run. Logging methods return at once; the worker thread makes the
-    calls in order. A call that fails sets `error`; later calls are skipped and `check()` raises
-    TrackingError("tracking failure: <reason>")."""
+    """`RunWriter` for one MLflow run. Logging methods spool the call and return; the worker thread
+    makes the calls in order. A call the store refuses sets `error`, and `check()` raises
+    TrackingError("tracking failure: <reason>"); a store that does not answer only delays them.
+
+    `spool` defaults to the run's spool directory in the working directory; an existing spool's
+    calls are delivered first (that is how `mixvae sync` works). `notify` receives one line when the
+    store stops answering and when it answers again (default: a logging warning)."""
 
     def __init__(self, client: MlflowClient, *, run_id: str, run_name: str = "",
                  experiment_id: str = "", experiment_name: str = "", artifact_uri: str = "",
-                 uri: str = "", attached: bool = False):
+                 uri: str = "", attached: bool = False, spool: str | Path | None = None,
+                 outage_tolerance: float = DEFAULT_OUTAGE_TOLERANCE_S,
+                 notify: Callable[[str], None] | None = None):
         self.client = client
         self.run_id = run_id
         self.run_name = run_name
@@ -77,129 +89,235 @@ class MlflowWriter:
         self.uri = uri
         self.attached = attached
         self.error: str | None = None
+        self.undelivered: str | None = None   # what was kept where, once the final status is spooled
         self.status: str = "RUNNING"
         self.dataset_digests: dict[str, str] = {}
-        self._staging = Path(tempfile.mkdtemp(prefix="mixvae-upload-"))
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mixvae-mlflow-{run_id[:8]}",
-                                          initializer=lower_thread_priority)
-        self._pending: list[Future] = []
+        self.outage_tolerance = float(outage_tolerance)
+        self.notify = notify or (lambda line: log.warning("%s", line))
+        self.spool = Spool(spool or spool_dir(run_id), run_id=run_id, uri=uri)
+        if not self.spool.hold():
+            raise TrackingError(f"run {run_id} is being written by another mixvae process "
+                                f"(its spool {self.spool.directory} is in use)")
+        self._queue: deque[int] = deque(self.spool.pending())
+        self._cond = threading.Condition()
+        self._busy = False
+        self._poke = False
+        self._attempts = 0
+        self._outage_since: float | None = None    # when the store stopped answering (monotonic)
+        self._recovered_from: float | None = None  # the start of an outage whose kept calls are being sent
+        self._outage_reason = ""
+        self._pause = FIRST_PAUSE_S
+        self._next_try = 0.0
+        self._delivered_in_outage = 0
+        self._stop = False
         self._closed = False
+        self._thread = threading.Thread(target=self._work, name=f"mixvae-mlflow-{run_id[:8]}", daemon=True)
+        self._thread.start()
 
     # -- the worker ------------------------------------------------------------------------
 
-    def _submit(self, what: str, call: Callable[[], Any], cleanup: Callable[[], None] | None = None):
+    def _submit(self, call: dict, source: Path | None = None) -> None:
         if self._closed:
             raise RuntimeError(f"the writer of run {self.run_id} is closed")
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._worker.submit(self._run, what, call, cleanup))
+        seq = self.spool.append(call, source)
+        with self._cond:
+            self._queue.append(seq)
+            self._cond.notify_all()
 
-    def _run(self, what: str, call: Callable[[], Any], cleanup: Callable[[], None] | None) -> None:
-        """One submitted call, on the worker thread; skipped once an earlier call has failed."""
+    def _gave_up(self, now: float | None = None) -> bool:
+        """The outage has lasted the tolerance: training's end no longer waits for the store."""
+        return self._outage_since is not None and (now or time.monotonic()) - self._outage_since >= \
+            self.outage_tolerance
+
+    def _may_try(self, now: float) -> bool:
+        return bool(self._queue) and (self._poke or self._outage_since is None or now >= self._next_try)
+
+    def _work(self) -> None:
+        lower_thread_priority()
+        while True:
+            with self._cond:
+                while not self._stop and not self._may_try(time.monotonic()):
+                    wait = None if not self._queue else max(0.05, self._next_try - time.monotonic())
+                    self._cond.wait(wait)
+                if self._stop:
+                    return
+                self._busy, self._poke = True, False
+                seq = self._queue[0]
+            outage = self._run(seq)
+            with self._cond:
+                self._busy = False
+                self._attempts += 1
+                if outage is None:
+                    self._queue.popleft()
+                    self._answered()
+                else:
+                    self._not_answered(outage)
+                self._cond.notify_all()
+
+    def _run(self, seq: int) -> str | None:
+        """Make one spooled call (on the worker thread). → None when the store answered (the call is
+        then gone from the spool: done, or refused and recorded in `error`), else the reason it
+        did not answer. bench/mlflow_overhead.py times this method."""
+        call = self.spool.read(seq)
         try:
-            if self.error is None:
-                try:
-                    call()
-                except Exception as exc:  # any failure of the store ends the run's tracking
-                    self.error = f"{what} failed: {short_reason(exc)}"
-                    log.warning("tracking failure: %s", self.error)
-        finally:
-            if cleanup is not None:
-                with contextlib.suppress(OSError):
-                    cleanup()
+            delivery.deliver(self.client, self.run_id, call, self.spool)
+        except Exception as exc:
+            if delivery.is_outage(exc):
+                return short_reason(exc)
+            if self.error is None:  # the store refused the call: the run's tracking failure
+                self.error = f"{call['what']} failed: {short_reason(exc)}"
+                log.warning("tracking failure: %s", self.error)
+        self.spool.remove(seq)
+        if call["op"] == "status":
+            self.status = call["status"]
+        return None
 
-    def _stage(self, source: Path) -> Path:
-        """Copy a file or directory aside, so later writes to it do not race the upload."""
-        slot = self._staging / uuid.uuid4().hex
-        slot.mkdir()
-        target = slot / source.name
-        if source.is_dir():
-            shutil.copytree(source, target)
-        else:
-            shutil.copy2(source, target)
-        return target
+    def _answered(self) -> None:
+        """The store took a call: an outage is over; say so once the calls it kept are in."""
+        if self._outage_since is not None:
+            self._recovered_from = self._outage_since
+            self._outage_since, self._pause = None, FIRST_PAUSE_S
+        if self._recovered_from is not None:
+            self._delivered_in_outage += 1
+            if not self._queue:
+                seconds = time.monotonic() - self._recovered_from
+                self.notify(f"tracking store answers again after {seconds:.0f} s; "
+                            f"{self._delivered_in_outage} kept calls delivered")
+                self._recovered_from, self._delivered_in_outage = None, 0
+
+    def _not_answered(self, reason: str) -> None:
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since, self._outage_reason = now, reason
+            self.notify(f"tracking store not answering ({reason}); training goes on, the calls are kept in "
+                        f"{self.spool.directory} and sent when it answers")
+        self._next_try = now + self._pause
+        self._pause = min(self._pause * 2, MAX_PAUSE_S)
 
     # -- logging ---------------------------------------------------------------------------
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        entries = [Param(key, value) for key, value in check_param_keys(params).items()]
-        self._submit("log_params", lambda: self.client.log_batch(self.run_id, params=entries))
+        self._submit(delivery.params_call(check_param_keys(params)))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        entries = [RunTag(str(key), str(value)) for key, value in tags.items()]
-        self._submit("set_tags", lambda: self.client.log_batch(self.run_id, tags=entries))
-
-    def _log_metrics(self, what: str, step: int, metrics: Mapping[str, float]) -> None:
-        timestamp = int(time.time() * 1000)  # one timestamp for the whole batch
-        entries = [Metric(key, value, timestamp, int(step)) for key, value in as_float_metrics(metrics).items()]
-        self._submit(what, lambda: self.client.log_batch(self.run_id, metrics=entries))
+        self._submit(delivery.tags_call(tags))
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         """Every `train/` and `val/` value of epoch `step` in one `log_batch`."""
-        self._log_metrics(f"log_batch of epoch {step}", step, metrics)
+        self._submit(delivery.metrics_call(f"log_batch of epoch {step}", step, as_float_metrics(metrics), True))
 
     def log_summary(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """The bare summary keys in one `log_batch`."""
-        self._log_metrics("log_batch of the summary", step, metrics)
+        self._submit(delivery.metrics_call("log_batch of the summary", step, as_float_metrics(metrics), False))
 
     def log_artifact(self, local_path: str | Path, artifact_dir: str | None = None) -> None:
-        staged = self._stage(Path(local_path))
-        self._submit(f"upload of {join_artifact_path(artifact_dir, staged.name)}",
-                     lambda: self.client.log_artifact(self.run_id, str(staged), artifact_dir),
-                     cleanup=lambda: shutil.rmtree(staged.parent))
+        source = Path(local_path)
+        what = f"upload of {join_artifact_path(artifact_dir, source.name)}"
+        self._submit(delivery.upload_call(what, artifact_dir, directory=False), source)
 
     def log_artifacts(self, local_dir: str | Path, artifact_dir: str | None = None) -> None:
-        staged = self._stage(Path(local_dir))
-        self._submit(f"upload of {artifact_dir or 'artifacts'}/",
-                     lambda: self.client.log_artifacts(self.run_id, str(staged), artifact_dir),
-                     cleanup=lambda: shutil.rmtree(staged.parent))
+        what = f"upload of {artifact_dir or 'artifacts'}/"
+        self._submit(delivery.upload_call(what, artifact_dir, directory=True), Path(local_dir))
 
     def log_inputs(self, records: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
         """Log dataset records ({name, features, targets, source, context}) with `log_inputs`.
         The datasets (and their digests, in `dataset_digests`) are built here; the call is queued."""
-        entries = []
+        datasets = []
         for record in normalise_records(records):
             dataset = numpy_dataset(record)
             self.dataset_digests[record["name"]] = dataset.digest
-            context = InputTag(key="mlflow.data.context", value=str(record["context"]))
-            entries.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context]))
-        self._submit("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=entries))
+            datasets.append((dataset._to_mlflow_entity(), record["context"]))
+        self._submit(delivery.inputs_call(datasets))
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise TrackingError when a submitted call has failed (once per epoch)."""
+        """Raise TrackingError when the store refused a call (once per epoch). An outage is not an
+        error: the calls wait in the spool."""
         if self.error is not None:
             raise TrackingError(f"tracking failure: {self.error}")
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted call is done; False when `timeout` seconds passed first."""
-        _, not_done = wait_for_futures(self._pending, timeout)
-        self._pending = list(not_done)
-        return not not_done
+        """Wait until every call is delivered; False when `timeout` seconds passed first, or when the
+        store has not answered for `outage_tolerance` seconds and one last try failed too."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            last_try = None
+            if self._queue and self._outage_since is not None and not self._gave_up():
+                left = self.outage_tolerance - (time.monotonic() - self._outage_since)
+                left = left if timeout is None else min(left, timeout)
+                self.notify(f"waiting up to {left:.0f} s more for the tracking store to take "
+                            f"{len(self._queue)} kept calls (tracking.outage_tolerance_sec)")
+            while self._queue and not self._stop:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if not self._busy and self._gave_up(now):
+                    if last_try is not None and self._attempts >= last_try:
+                        break
+                    if last_try is None:
+                        self._poke, last_try = True, self._attempts + 1
+                        self._cond.notify_all()
+                try:
+                    self._cond.wait(1.0 if deadline is None else max(0.0, min(1.0, deadline - now)))
+                except KeyboardInterrupt:
+                    if self._outage_since is None:
+                        raise
+                    self.outage_tolerance = 0.0  # Ctrl-C while waiting for an absent store: stop waiting
+                    self.notify("stopped waiting for the tracking store (interrupted)")
+                    break
+            return not self._queue
 
     def set_status(self, status: str, reason: str | None = None, flush_timeout: float | None = None) -> bool:
         """Flush, record `reason` in `mixvae.status_reason`, end the run with `status`.
 
-        Best effort, never raises on a store failure: returns False (and sets `error`) when the
-        store did not take the status."""
+        Best effort, never raises on a store failure: returns False when the store did not take the
+        status; `error` says why when it refused, `undelivered` what was kept where when it did
+        not answer (then `mixvae sync` ends the run later)."""
         check_status(status)
-        self.flush(flush_timeout)
+        if not self.flush(flush_timeout):
+            return self._keep_status(status, reason)
         reason_kept = True
         if reason:
             try:
                 self.client.set_tag(self.run_id, STATUS_REASON_TAG, reason[:5000])
             except Exception as exc:
+                if delivery.is_outage(exc):
+                    return self._keep_status(status, reason)
                 reason_kept = False
                 log.warning("could not record the reason of run %s: %s", self.run_id, short_reason(exc))
         problem = self._terminate(status)
-        if problem:
-            self.error = self.error or problem
-            log.warning("could not mark run %s %s: %s", self.run_id, status, problem)
+        if problem is not None:
+            if delivery.is_outage(problem):
+                return self._keep_status(status, reason)
+            self.error = self.error or f"set_terminated({status}) failed: {short_reason(problem)}"
+            log.warning("could not mark run %s %s: %s", self.run_id, status, self.error)
             return False
         self.status = status
         return reason_kept
 
-    def _terminate(self, status: str) -> str | None:
+    def _keep_status(self, status: str, reason: str | None) -> bool:
+        """The store is away at the end: the final status joins the spool, for `mixvae sync`."""
+        self._submit(delivery.status_call(status, reason))
+        self._forget_active_run(status)
+        store = f"the tracking store at {self.spool.uri}" if self.spool.uri else "the tracking store"
+        self.undelivered = (
+            (f"{store} did not answer ({self._outage_reason})" if self._outage_since is not None
+             else f"{store} had not taken every call in time")
+            + f"; run {self.run_id} is to end {status}, and what the store has not received "
+            f"({self.spool.summary()}) is kept in {self.spool.directory}; deliver it with: mixvae sync {self.run_id}")
+        return False
+
+    def _forget_active_run(self, status: str) -> None:
+        """Ours is MLflow's active run of this thread: leave it, with one quick try to end it (a store
+        that answers again gets the status at once, and the spool repeats it later)."""
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            return
+        with first_contact_settings(), contextlib.suppress(Exception):
+            mlflow.end_run(status)  # leaves the run before it calls the store
+
+    def _terminate(self, status: str) -> Exception | None:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             # Ours is the active fluent run of this thread: end it the fluent way, which also
@@ -213,20 +331,27 @@ class MlflowWriter:
         try:
             self.client.set_terminated(self.run_id, status)
         except Exception as exc:
-            return f"set_terminated({status}) failed: {short_reason(exc)}"
+            return exc
         return None
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the worker after the submitted calls (waiting at most `timeout` s; calls not
-        started by then are dropped, and a call still running finishes before the process exits,
-        within MLflow's HTTP timeout and retries). Does not end the run: call `set_status` first."""
+        """Stop the worker after the delivered calls (waiting at most `timeout` s; a call still
+        running finishes before the process exits, within MLflow's HTTP timeout and retries). Calls
+        not delivered stay in the spool for `mixvae sync`; an empty spool is removed. Does not end
+        the run: call `set_status` first."""
         if self._closed:
             return
         self._closed = True
-        finished = self.flush(timeout)
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        finished = self.undelivered is None and self.flush(timeout)  # no second last try
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
         if finished:
-            shutil.rmtree(self._staging, ignore_errors=True)
+            self._thread.join(timeout=5)
+            if not self.spool.pending():
+                self.spool.discard()
+                return
+        self.spool.release()
 
     def __enter__(self) -> MlflowWriter:
         return self
