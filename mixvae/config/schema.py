@@ -300,7 +300,6 @@ class TrackingConfig(_Section):
     outage_tolerance_sec: float = Field(600.0, ge=0, le=604800)
 
 
-
 class Config(_Section):
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     data: DataConfig = Field(default_factory=DataConfig)
