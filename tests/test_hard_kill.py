@@ -90,7 +90,7 @@ def test_owned_writer_beats_and_leaves_out_epochs_the_run_holds():
 # A real training, killed outright
 
 TIMING_KEYS = {"training.time_sec", "training.compile_time_sec", "training.steps_per_sec", "training.peak_rss_mb"}
-EPOCHS, EVERY = 24, 5
+EPOCHS, EVERY = 12, 4
 ARGS = ["-c", "quick", "--set", "model.hidden_dims=[32]", "--set", f"training.max_epochs={EPOCHS}",
         "--set", "training.patience=null", "--set", f"training.checkpoint_every={EVERY}",
         "--set", "training.batch_size=8", "--set", "tracking.log_model=false", "--no-report"]
