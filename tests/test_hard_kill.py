@@ -18,15 +18,17 @@ import time
 import psutil
 import pytest
 
-from mixvae.tracking.ownership import (HEARTBEAT, OWNER_HOST, OWNER_PID, OWNER_STARTED, OwnedWriter, may_take_over,
-                                       owner_state, owner_tags)
+from mixvae.tracking.ownership import (HEARTBEAT, OWNER_BOOT, OWNER_HOST, OWNER_PID, OWNER_STARTED, OwnedWriter,
+                                       may_take_over, owner_state, owner_tags)
 from mixvae.tracking.writer import MemoryWriter
 
 
-def _tags_of(pid: int, host: str | None = None, started: float | None = None) -> dict[str, str]:
+def _tags_of(pid: int, host: str | None = None, started: float | None = None,
+             boot: float | None = None) -> dict[str, str]:
     started = psutil.Process(pid).create_time() if started is None else started
-    return {OWNER_HOST: host or socket.gethostname(), OWNER_PID: str(pid), OWNER_STARTED: f"{started:.3f}",
-            HEARTBEAT: "2026-01-01T10:00:00Z"}
+    boot = psutil.boot_time() if boot is None else boot
+    return {OWNER_HOST: host or socket.gethostname(), OWNER_BOOT: f"{boot:.0f}", OWNER_PID: str(pid),
+            OWNER_STARTED: f"{started:.3f}", HEARTBEAT: "2026-01-01T10:00:00Z"}
 
 
 def test_this_process_owns_what_it_opens():
@@ -64,6 +66,11 @@ def test_other_hosts_and_unknown_owners_need_force():
     allowed, why = may_take_over("r3", tags)
     assert not allowed and "another host" in why and "gpu-node-7.example" in why
     assert "last heartbeat 2026-01-01T10:00:00Z (" in why and "--force" in why
+    # this host's name, but booted since: the owner may be a namesake machine's process, so no proof
+    rebooted = _tags_of(os.getpid(), boot=psutil.boot_time() - 86400)
+    assert owner_state(rebooted) == "remote"
+    allowed, why = may_take_over("r5", rebooted)
+    assert not allowed and "this host before its last restart" in why and "--force" in why
     allowed, why = may_take_over("r4", {"mixvae.kind": "train"})
     assert not allowed and owner_state({}) == "unknown" and "records no owner" in why
 

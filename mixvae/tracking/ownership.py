@@ -1,16 +1,18 @@
 """Who owns a RUNNING run: the host and process training it, and when it last beat.
 
-A process that trains a run records itself in the run's tags when it opens the run: host name,
-process id and the process's start time (so that a later process that happens to get the same id
-is not mistaken for the owner), and a heartbeat, the time of the latest epoch logged (throttled to
-one tag write every `HEARTBEAT_EVERY_S` seconds). A run whose process was killed outright (`kill -9`,
+A process that trains a run records itself in the run's tags when it opens the run: host name and
+boot time (a namesake machine, or the same one after a restart, is not the owner's), process id and
+the process's start time (so that a later process that happens to get the same id is not mistaken
+for the owner), and a heartbeat, the time of the latest epoch logged (throttled to one tag write
+every `HEARTBEAT_EVERY_S` seconds). A run whose process was killed outright (`kill -9`,
 out of memory, a lost node) stays RUNNING in MLflow; these tags let `mixvae train --resume` and
 `mixvae runs` tell such a run from one still training:
 
-- `gone`: the owner ran on this host and no process with its id and start time exists now (a
-  zombie counts as gone): provably nobody trains it;
+- `gone`: the owner ran on this host, since its last boot, and no process with its id and start
+  time exists now (a zombie counts as gone): provably nobody trains it;
 - `alive`: the owner ran on this host and is still there;
-- `remote`: the owner ran on another host: mixvae cannot know, the heartbeat tells a person;
+- `remote`: the owner ran on another host, or on one of this host's name before its last boot:
+  mixvae cannot know, the heartbeat tells a person;
 - `unknown`: the run records no owner (runs of older versions).
 
 `OwnedWriter` wraps the run's writer while this process trains it: it beats with the epochs and,
@@ -30,11 +32,12 @@ from datetime import datetime, timezone
 import psutil
 
 OWNER_HOST = "mixvae.owner.host"
+OWNER_BOOT = "mixvae.owner.boot"         # the host's boot time, seconds since the epoch
 OWNER_PID = "mixvae.owner.pid"
 OWNER_STARTED = "mixvae.owner.started"   # the owner process's start time, seconds since the epoch
 HEARTBEAT = "mixvae.heartbeat"           # UTC time of the latest heartbeat, ISO 8601
 HEARTBEAT_EVERY_S = 30.0
-SAME_START_S = 1.0                       # start times closer than this are the same process
+SAME_TIME_S = 2.0                        # start or boot times closer than this are the same (clock jitter)
 
 
 def utc_now() -> str:
@@ -44,8 +47,8 @@ def utc_now() -> str:
 def owner_tags() -> dict[str, str]:
     """This process as the owner of a run, with a first heartbeat."""
     started = psutil.Process(os.getpid()).create_time()
-    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()), OWNER_STARTED: f"{started:.3f}",
-            HEARTBEAT: utc_now()}
+    return {OWNER_HOST: socket.gethostname(), OWNER_BOOT: f"{psutil.boot_time():.0f}", OWNER_PID: str(os.getpid()),
+            OWNER_STARTED: f"{started:.3f}", HEARTBEAT: utc_now()}
 
 
 @dataclass(frozen=True)
@@ -54,21 +57,23 @@ class Owner:
     pid: int
     started: float
     heartbeat: str | None
+    boot: float
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Owner | None:
         try:
-            return cls(tags[OWNER_HOST], int(tags[OWNER_PID]), float(tags[OWNER_STARTED]), tags.get(HEARTBEAT))
+            return cls(tags[OWNER_HOST], int(tags[OWNER_PID]), float(tags[OWNER_STARTED]), tags.get(HEARTBEAT),
+                       float(tags[OWNER_BOOT]))
         except (KeyError, ValueError):
             return None
 
     def state(self) -> str:
         """`gone`, `alive` or `remote` (see the module docstring)."""
-        if self.host != socket.gethostname():
+        if self.host != socket.gethostname() or abs(psutil.boot_time() - self.boot) >= SAME_TIME_S:
             return "remote"
         try:
             process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.started) >= SAME_START_S:
+            if abs(process.create_time() - self.started) >= SAME_TIME_S:
                 return "gone"  # the id now belongs to another process
             return "gone" if process.status() == psutil.STATUS_ZOMBIE else "alive"
         except psutil.NoSuchProcess:
@@ -111,7 +116,8 @@ def may_take_over(run_id: str, tags: Mapping[str, str]) -> tuple[bool, str]:
     if state == "alive":
         return False, (f"run {run_id} is RUNNING and still trained by {owner.describe()}; "
                        "stop that process first, or add --force")
-    return False, (f"run {run_id} is RUNNING on another host ({owner.describe()}); "
+    where = "another host" if owner.host != socket.gethostname() else "this host before its last restart"
+    return False, (f"run {run_id} is RUNNING on {where} ({owner.describe()}); "
                    "if no process is training it there, add --force")
 
 
