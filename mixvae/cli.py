@@ -322,6 +322,8 @@ def _resume(state: State, run_ref: str, config: str | None, items: list[str], sh
     info = _resume_info(state, run_ref, uri)
     if info.status == "RUNNING" and not force:
         _take_over(state, info)
+    if _sync_spool(state, info.run_id) is not None:  # what its process kept on disk goes to the run first
+        info = _resume_info(state, info.run_id, uri)
     if info.checkpoint_dir is None:
         _fail(state, f"run {info.run_id} has no checkpoints/last artifact; it cannot be resumed", EXIT_USAGE)
     if info.config is None:
