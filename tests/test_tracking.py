@@ -368,14 +368,14 @@ def test_upload_dir_replaces_earlier_versions(tracking_uri, tmp_path):
 @pytest.mark.server
 def test_failing_call_surfaces_in_check(tracking_uri):
     """A call the store refuses is the run's tracking failure, reported with the store's own reason
-    and the call it failed on; later calls are skipped."""
+    and the call it failed on; the first refusal is the one reported."""
     from mixvae.tracking import open_run
 
     writer = open_run(uri=tracking_uri, run_name="doomed")
     writer.check()
     _client(tracking_uri).delete_run(writer.run_id)  # the store now refuses every write to it
     writer.log_epoch(1, {"train/loss.total": 1.0})
-    writer.log_epoch(2, {"train/loss.total": 2.0})  # skipped after the failure
+    writer.log_epoch(2, {"train/loss.total": 2.0})  # refused too; the first refusal stays the reason
     assert writer.flush(timeout=60)
     expected = r"^tracking failure: log_batch of epoch 1 failed: INVALID_PARAMETER_VALUE"
     with pytest.raises(TrackingError, match=expected):
