@@ -10,6 +10,7 @@ step), so a batch that reached the store but whose answer was lost is not record
 from __future__ import annotations
 
 import errno
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -137,3 +138,17 @@ def is_outage(exc: BaseException) -> bool:
         if any(word in text for word in _OUTAGE_WORDS):
             return True
     return False
+
+
+def outage_reason(exc: BaseException) -> str:
+    """The heart of an outage error in a few words ('[Errno 111] Connection refused', 'HTTP 503
+    responses', 'database is locked'), not MLflow's whole wrapped message."""
+    from mixvae.tracking.connection import short_reason
+
+    text = str(exc)
+    for pattern, shown in ((r"\[Errno -?\d+\] [^'\")]+", None), (r"too many (\d+) error responses", "HTTP {} responses"),
+                           (r"database is locked", None), (r"timed out", None)):
+        match = re.search(pattern, text)
+        if match:
+            return shown.format(match.group(1)) if shown else match.group(0).strip()
+    return short_reason(exc, 160)

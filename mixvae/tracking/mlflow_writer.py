@@ -163,7 +163,7 @@ class MlflowWriter:
             delivery.deliver(self.client, self.run_id, call, self.spool)
         except Exception as exc:
             if delivery.is_outage(exc):
-                return short_reason(exc)
+                return delivery.outage_reason(exc)
             if self.error is None:  # the store refused the call: the run's tracking failure
                 self.error = f"{call['what']} failed: {short_reason(exc)}"
                 log.warning("tracking failure: %s", self.error)
