@@ -299,7 +299,7 @@ class MlflowWriter:
     def _keep_status(self, status: str, reason: str | None) -> bool:
         """The store is away at the end: the final status joins the spool, for `mixvae sync`."""
         self._submit(delivery.status_call(status, reason))
-        self._forget_active_run(status)
+        self._forget_active_run(status, reason)
         store = f"the tracking store at {self.spool.uri}" if self.spool.uri else "the tracking store"
         self.undelivered = (
             (f"{store} did not answer ({self._outage_reason})" if self._outage_since is not None
@@ -308,14 +308,18 @@ class MlflowWriter:
             f"({self.spool.summary()}) is kept in {self.spool.directory}; deliver it with: mixvae sync {self.run_id}")
         return False
 
-    def _forget_active_run(self, status: str) -> None:
+    def _forget_active_run(self, status: str, reason: str | None) -> None:
         """Ours is MLflow's active run of this thread: leave it, with one quick try to end it (a store
-        that answers again gets the status at once, and the spool repeats it later)."""
+        that is only slow, or answers again, shows the status at once; the spool repeats it later)."""
         active = mlflow.active_run()
         if active is None or active.info.run_id != self.run_id:
             return
-        with first_contact_settings(), contextlib.suppress(Exception):
-            mlflow.end_run(status)  # leaves the run before it calls the store
+        with first_contact_settings():
+            if reason and self._outage_since is None:
+                with contextlib.suppress(Exception):
+                    self.client.set_tag(self.run_id, STATUS_REASON_TAG, reason[:5000])
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status)  # leaves the run before it calls the store
 
     def _terminate(self, status: str) -> Exception | None:
         active = mlflow.active_run()
