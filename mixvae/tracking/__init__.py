@@ -6,6 +6,7 @@ The tracking URI's precedence and check live below this package, in `mixvae/trac
 
 - writer.py        RunWriter protocol, MemoryWriter, TrackingError, RunNotFound
 - connection.py    connect (fails fast when the store does not answer), mixvae's MLflow settings
+- store.py         a local sqlite store shared by processes: created once under a lock, busy waits
 - mlflow_run.py    open_run: create or attach to a run (MLflow's own run and experiment rules)
 - mlflow_writer.py MlflowWriter: the loop's MLflow calls, spooled, then made in order on one worker thread
 - spool.py         the calls the store has not acknowledged, on local disk
