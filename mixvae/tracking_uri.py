@@ -6,6 +6,7 @@ This module does not import mlflow: `mixvae validate` calls it and must stay fas
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 from urllib.parse import urlparse
 
@@ -86,3 +87,16 @@ def check_uri(uri: str) -> str | None:
         f"tracking URI '{redact_uri(uri)}' is a file store: file stores are not supported; "
         "use sqlite:///path/mlflow.db or a server"
     )
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI (relative to the current directory unless the
+    path starts with a fourth slash), absolute; None for other URIs and in-memory databases."""
+    text = uri.strip()
+    if not text.lower().startswith("sqlite://"):
+        return None
+    rest = text[len("sqlite://"):]
+    path = rest[1:].split("?", 1)[0] if rest.startswith("/") else ""
+    if not path or path == ":memory:":
+        return None
+    return Path(path).expanduser().absolute()

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from mixvae import paths
 from mixvae.config.schema import Config
-from mixvae.tracking_uri import SOURCE_CONFIG, SOURCE_DEFAULT, check_uri
+from mixvae.tracking_uri import SOURCE_CONFIG, SOURCE_DEFAULT, check_uri, sqlite_file
 
 Problem = tuple[str, str]
 
@@ -79,17 +79,6 @@ def _uri_problems(uri: str, key: str) -> list[Problem]:
     return []
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///path` URI (relative to the current directory unless the path
-    starts with a fourth slash), None for another URI or an in-memory database."""
-    text = uri.strip()
-    if not text.lower().startswith("sqlite:") or "://" not in text:
-        return None
-    rest = text.split("://", 1)[1]
-    path = rest[1:].split("?", 1)[0] if rest.startswith("/") else ""
-    return Path(path) if path and path != ":memory:" else None
-
-
 # --- names MLflow or mixvae refuse ----------------------------------------------------------------------
 
 def _reads_as_another_path(name: str) -> bool:
@@ -139,7 +128,7 @@ def output_problems(cfg: Config, uri: str, uri_source: str) -> list[Problem]:
         if reason:
             problems.append((WORK_DIR_KEY, f"checkpoints cannot be written to {checkpoints}: {reason}; "
                                            "choose another working directory with --workdir"))
-    database = sqlite_path(uri)
+    database = sqlite_file(uri)
     if database is not None and uri_source != SOURCE_DEFAULT:
         reason = (f"{database} is a directory" if database.is_dir()
                   else paths.unwritable(database.absolute().parent))

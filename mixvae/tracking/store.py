@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mixvae.tracking.writer import TrackingError
+from mixvae.tracking_uri import sqlite_file
 
 LOCK_WAIT_S = 300        # how long a process waits for another one to finish creating the store
 BUSY_TIMEOUT_S = 30      # how long one sqlite statement waits for another process's write
@@ -34,19 +35,6 @@ LOCKED_RETRIES = 5       # further tries of the first contact while the database
 LOCKED_BACKOFF_S = 0.5   # first wait between those tries; doubles each time
 
 T = TypeVar("T")
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a `sqlite:///path` URI (relative to the current directory unless the
-    path starts with a fourth slash), absolute; None for other URIs and in-memory databases."""
-    text = uri.strip()
-    if not text.lower().startswith("sqlite://"):
-        return None
-    rest = text[len("sqlite://"):]
-    path = rest[1:].split("?", 1)[0] if rest.startswith("/") else ""
-    if not path or path == ":memory:":
-        return None
-    return Path(path).expanduser().absolute()
 
 
 def lock_file(database: Path) -> Path:
