@@ -78,13 +78,13 @@ def sync_run(run_id: str, cli_uri: str | None) -> SyncResult:
     return SyncResult(run_id, uri, kept, run.info.status, None, not_made)
 
 
-def sync_kept(run_ref: str, cli_uri: str | None, console, say_nothing_kept: bool = False) -> SyncResult | None:
-    """Deliver the kept spool of the run starting with `run_ref` and say so on `console`. → the
-    SyncResult, or None when no such run has a kept spool. TrackingError when the store cannot take
-    it (naming what stays kept); RunNotFound."""
+def sync_kept(run_ref: str, cli_uri: str | None, console, command: bool = False) -> SyncResult | None:
+    """Deliver the kept spool of the run starting with `run_ref` and say so on `console` (for the `sync`
+    command also when there is none, and what to do next). → the SyncResult, or None when no such run
+    has a kept spool. TrackingError when the store cannot take it (naming what stays kept); RunNotFound."""
     run_id = spooled_run(run_ref)
     if run_id is None:
-        if say_nothing_kept:
+        if command:
             console.print(f"nothing to deliver: no run starting with {run_ref} has undelivered calls in "
                           f"{paths.shown(paths.checkpoints_dir(run_ref).parent)}")
         return None
@@ -98,6 +98,8 @@ def sync_kept(run_ref: str, cli_uri: str | None, console, say_nothing_kept: bool
         raise TrackingError(f"the tracking store at {where} stopped answering during the sync; still kept: "
                             f"{result.left}; try again with: mixvae sync {run_id}")
     console.print(f"delivered   {result.kept} to run {run_id} at {where}; the run is {result.status}")
+    if not command:  # --resume goes on from here
+        return result
     if result.status == "RUNNING":
         console.print(f"            its process ended without a status: continue it with "
                       f"mixvae train --resume {run_id}")
@@ -108,11 +110,11 @@ def sync_kept(run_ref: str, cli_uri: str | None, console, say_nothing_kept: bool
     return result
 
 
-def sync_spool(state, run_ref: str, say_nothing_kept: bool = False) -> SyncResult | None:
+def sync_spool(state, run_ref: str, command: bool = False) -> SyncResult | None:
     """`sync_kept` for the CLI's `state` (its console and --tracking-uri): exits 1 when the store cannot
     take the spool (it stays kept), 2 for an unknown or ambiguous run. Also the first step of `--resume`."""
     try:
-        return sync_kept(run_ref, state.tracking_uri, state.console, say_nothing_kept)
+        return sync_kept(run_ref, state.tracking_uri, state.console, command)
     except (RunNotFound, TrackingError) as exc:
         state.console.error(str(exc))
         sys.exit(EXIT_USAGE if isinstance(exc, RunNotFound) else EXIT_RUNTIME)
@@ -123,7 +125,7 @@ def sync_spool(state, run_ref: str, say_nothing_kept: bool = False) -> SyncResul
 @click.pass_obj
 def sync_command(state, run_id):
     """Deliver what RUN_ID kept on local disk while the tracking store was away, and end the run."""
-    result = sync_spool(state, run_id, say_nothing_kept=True)
+    result = sync_spool(state, run_id, command=True)
     if result is not None:
         click.echo(f"run_id={result.run_id}")
         click.echo(f"status={result.status}")
