@@ -169,11 +169,12 @@ class Curriculum:
         return cls(**d)
 
     def describe(self, event: dict) -> str:
+        component = event.get("component", event.get("channel"))  # older checkpoints say "channel"
         if event["event"] == "unlock":
             kick = f", kick for {self.kick_epochs} epochs" if self.kick_enabled else ""
-            return f"epoch {event['epoch']}: unlock component {event['channel']} (k_active {event['k_active']}){kick}"
+            return f"epoch {event['epoch']}: unlock component {component} (k_active {event['k_active']}){kick}"
         if event["event"] == "kick_end":
-            return f"epoch {event['epoch']}: kick of component {event['channel']} ended"
+            return f"epoch {event['epoch']}: kick of component {component} ended"
         return f"epoch {event['epoch']}: curriculum stopped ({event['reason']})"
 
 
