@@ -32,7 +32,7 @@ run: $(STAMP)
 	$(BIN)/mixvae train --config configs/quick.yaml
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -rs
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -rs --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

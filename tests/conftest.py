@@ -42,6 +42,9 @@ settings.load_profile("hermetic")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 60.0
+# Test servers run no MLflow job runner: its queue consumers are a dozen processes per server that the
+# suite never uses and that compete with training for the 2 cores.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 if str(REPO_ROOT) not in sys.path:  # mixvae importable without an install
     sys.path.insert(0, str(REPO_ROOT))
@@ -108,6 +111,7 @@ class MlflowServer:
 
     def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> MlflowServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env.update(SERVER_ENV)
         command = [
             mlflow_executable(), "server",
             "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED, UNAUTHENTICATED
 
-from conftest import free_port, mlflow_executable, stop_process, wait_for_http
+from conftest import SERVER_ENV, free_port, mlflow_executable, stop_process, wait_for_http
 from mixvae.config import load_config, to_yaml
 from mixvae.tracking.connection import sign_in_problem
 from mixvae.tracking.writer import TrackingError
@@ -94,7 +94,7 @@ def auth_server(tmp_path_factory) -> str:
                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                       "auth_cache_ttl_seconds = 600\n")  # else every request pays a slow password hash
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    env.update(SERVER_ENV, MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
                MLFLOW_FLASK_SERVER_SECRET_KEY=uuid.uuid4().hex)
     port = free_port()
     command = [mlflow_executable(), "server", "--app-name", "basic-auth",
