@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 export JAX_PLATFORMS ?= cpu
-# Python's bytecode caches go inside the virtual environment, not beside the sources: after `make test`
-# the repository holds no new file besides .venv (CI checks `git status --ignored`).
-export PYTHONPYCACHEPREFIX ?= $(abspath $(VENV))/pycache
+# No bytecode is written beside the sources: after `make test` the repository holds no new file besides
+# .venv (CI checks `git status --ignored`). The installed packages' bytecode, compiled by pip, is still read.
+export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test bench quality install dev clean
 
