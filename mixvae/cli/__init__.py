@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import click
 
 from mixvae import __version__
 from mixvae.paths import shown
-from mixvae.tracking.sync import sync_command, sync_spool as _sync_spool
+from mixvae.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, State, _fail, _out  # noqa: F401
+from mixvae.tracking.sync import sync_command
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-RESUME_SAFE = ("training.max_epochs", "training.patience", "training.checkpoint_every")
 
 
 def _versions() -> str:
@@ -52,24 +50,6 @@ class _Group(click.Group):
             hint = f" Did you mean '{match[0]}'?" if match else ""
             ctx.fail(f"No such command '{name}'.{hint}")
         return super().resolve_command(ctx, args)
-
-
-class State:
-    def __init__(self, tracking_uri, verbose, quiet):
-        from mixvae.console import Console
-        self.tracking_uri = tracking_uri
-        self.verbose = verbose
-        self.quiet = quiet
-        self.console = Console(quiet=quiet, verbose=verbose)
-
-
-def _out(line: str) -> None:
-    click.echo(line)
-
-
-def _fail(state: State, message: str, code: int) -> None:
-    state.console.error(message)
-    sys.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -239,6 +219,7 @@ def train(state: State, config, sets, overrides, validate_only, strict, seeds, r
     if force and not resume:
         _fail(state, "--force only goes with --resume", EXIT_USAGE)
     if resume:
+        from mixvae.cli.resume import resume as _resume
         _resume(state, resume, config, items, shortcuts, force)
         return
     if not config:
@@ -301,81 +282,6 @@ def _train_seeds(state: State, loaded, seeds: list[int], kw: dict) -> None:
     if report:
         _out(f"report={shown(report)}")
     sys.exit(max(codes) if codes else EXIT_RUNTIME)
-
-
-def _resume(state: State, run_ref: str, config: str | None, items: list[str], shortcuts: dict, force: bool) -> None:
-    """--resume RUN_ID: same run, same config, only resume-safe overrides."""
-    from mixvae import run as runner
-    from mixvae.config import ConfigError, flat_values, load_config, parse_overrides
-    from mixvae.tracking_uri import resolve_tracking_uri
-
-    console = state.console
-    try:
-        parsed = parse_overrides(items)
-    except ConfigError as exc:
-        _fail(state, exc.render(), EXIT_USAGE)
-    bad = [key for key, _, _ in parsed if key not in RESUME_SAFE and not key.startswith("tracking.")]
-    if bad:
-        _fail(state, f"--resume: {', '.join(bad)} cannot change when resuming; only "
-                     f"{', '.join(RESUME_SAFE)} and tracking.* may be overridden", EXIT_USAGE)
-    uri = resolve_tracking_uri(state.tracking_uri, None)[0]
-    info = _resume_info(state, run_ref, uri)
-    if info.status == "RUNNING" and not force:
-        _take_over(state, info)
-    if _sync_spool(state, info.run_id) is not None:  # what its process kept on disk goes to the run first
-        info = _resume_info(state, info.run_id, uri)
-    if info.checkpoint_dir is None:
-        _fail(state, f"run {info.run_id} has no checkpoints/last artifact; it cannot be resumed", EXIT_USAGE)
-    if info.config is None:
-        _fail(state, f"run {info.run_id} has no config.yaml artifact; it cannot be resumed", EXIT_USAGE)
-    import yaml
-    raw = yaml.safe_load(info.config)
-    try:
-        loaded = load_config(info.config_name or "config", items, shortcuts, tracking_uri=state.tracking_uri, raw=raw)
-    except ConfigError as exc:
-        _fail(state, exc.render(), EXIT_USAGE)
-    if config:
-        try:
-            given = load_config(config, tracking_uri=state.tracking_uri)
-        except ConfigError as exc:
-            _fail(state, exc.render(), EXIT_USAGE)
-        a, b = flat_values(given.config), flat_values(loaded.config)
-        diff = [k for k in a if a[k] != b.get(k) and k not in RESUME_SAFE and not k.startswith(("tracking.", "experiment."))]
-        if diff:
-            _fail(state, f"--resume: the config differs from run {info.run_id}'s config in {', '.join(diff)}; "
-                         "only resume-safe keys may change", EXIT_USAGE)
-    loaded.input_text = info.config
-    try:
-        outcome = runner.train(loaded, console, cli_uri=state.tracking_uri, resume_run_id=info.run_id,
-                               resume_dir=info.checkpoint_dir, resume_overrides=[i for _, _, i in parsed],
-                               verbose=state.verbose, resume_logged=info.logged_epochs)
-    except runner.UsageError as exc:
-        _fail(state, str(exc), EXIT_USAGE)
-    for line in outcome.stdout:
-        _out(line)
-    sys.exit(outcome.exit_code)
-
-
-def _resume_info(state: State, run_ref: str, uri: str):
-    """The run to resume with its config and last checkpoint downloaded; exits 2 for an unknown run,
-    1 when the store fails."""
-    from mixvae.tracking.entry_points import prepare_resume
-    from mixvae.tracking.writer import RunNotFound, TrackingError
-    try:
-        return prepare_resume(run_ref, uri, Path(tempfile.mkdtemp(prefix="mixvae-resume-")))
-    except RunNotFound as exc:
-        _fail(state, str(exc), EXIT_USAGE)
-    except TrackingError as exc:
-        _fail(state, str(exc), EXIT_RUNTIME)
-
-
-def _take_over(state: State, info) -> None:
-    """--resume of a RUNNING run without --force: only when the process that trained it is provably gone."""
-    from mixvae.tracking.ownership import may_take_over
-    allowed, why = may_take_over(info.run_id, info.tags)
-    if not allowed:
-        _fail(state, why, EXIT_USAGE)
-    state.console.print(why)
 
 
 # --- report and compare --------------------------------------------------------------------------------
