@@ -110,6 +110,7 @@ class _Run:
     t_start: float
     out: Outcome
     verbose: bool
+    epoch_hook: object = None    # called after each epoch; a returned reason stops the run (a sweep's pruner)
 
     @property
     def cfg(self):
@@ -127,8 +128,11 @@ class _Run:
 def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, experiment_from_cli: bool = False,
           run_name_explicit: bool = False, resume_run_id: str | None = None, resume_dir: Path | None = None,
           resume_overrides: list[str] | None = None, nested_parent_id: str | None = None,
-          verbose: bool = False, resume_logged: frozenset[int] = frozenset()) -> Outcome:
-    """One training run, start to status; `resume_logged`: the epochs a resumed run already holds.
+          verbose: bool = False, resume_logged: frozenset[int] = frozenset(), extra_tags: dict | None = None,
+          epoch_hook=None) -> Outcome:
+    """One training run, start to status; `resume_logged`: the epochs a resumed run already holds;
+    `extra_tags` go on the new run; `epoch_hook(epoch, metrics)` may return a reason to stop (the run then
+    ends KILLED with that reason and the tag mixvae.pruned, after its final evaluation).
     Raises UsageError for exit-2 problems found before a run exists."""
     from mixvae.tracking.writer import TrackingError
     from mixvae.tracking_uri import check_uri, resolve_tracking_uri
@@ -144,12 +148,13 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
         with _Phase(phases, "store"):
             writer = _open_run(loaded, ds, uri, run_name_explicit=run_name_explicit,
                                experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
-                               nested_parent_id=nested_parent_id, resume_logged=resume_logged)
+                               nested_parent_id=nested_parent_id, resume_logged=resume_logged,
+                               extra_tags=extra_tags)
     except TrackingError as exc:
         console.error(f"error: {exc}")
         return Outcome(EXIT_RUNTIME)
     run = _Run(loaded, ds, writer, console, uri, uri_source, paths.checkpoints_dir(writer.run_id), t_start,
-               Outcome(EXIT_RUNTIME, run_id=writer.run_id, phases=phases), verbose)
+               Outcome(EXIT_RUNTIME, run_id=writer.run_id, phases=phases), verbose, epoch_hook)
     try:
         return _train_in_run(run, resume_dir, resume_overrides)
     finally:
@@ -169,7 +174,8 @@ def _load_data(cfg, console: Console, phases: dict) -> object:
 
 
 def _open_run(loaded: Loaded, ds, uri: str, *, run_name_explicit: bool, experiment_from_cli: bool,
-              resume_run_id: str | None, nested_parent_id: str | None, resume_logged: frozenset[int]):
+              resume_run_id: str | None, nested_parent_id: str | None, resume_logged: frozenset[int],
+              extra_tags: dict | None = None):
     """A new MLflow run (or the resumed one) with its name, tags and description; its writer beats
     with the epochs and does not log again the epochs a resumed run already holds."""
     from mixvae.tracking.mlflow_run import open_run
@@ -180,7 +186,7 @@ def _open_run(loaded: Loaded, ds, uri: str, *, run_name_explicit: bool, experime
                       run_name=cfg.tracking.run_name or f"{cfg.experiment.name}-{arch}",
                       run_name_explicit=run_name_explicit or bool(cfg.tracking.run_name),
                       experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
-                      tags=run_tags(loaded, ds, arch), description=cfg.experiment.description or None,
+                      tags={**run_tags(loaded, ds, arch), **(extra_tags or {})}, description=cfg.experiment.description or None,
                       nested_parent_id=nested_parent_id, log_system_metrics=cfg.tracking.log_system_metrics,
                       outage_tolerance=cfg.tracking.outage_tolerance_sec)
     return OwnedWriter(writer, skip_epochs=resume_logged)
@@ -193,6 +199,7 @@ def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str
     _log_inputs(run, resume_dir, resume_overrides)
     _print_run_header(run)
     trainer = Trainer(run.loaded, run.ds, run.writer, run.console, run_dir=run.run_dir, t_start=run.t_start)
+    trainer.epoch_hook = run.epoch_hook
     _print_training_header(run, trainer)
     if resume_dir is not None:
         trainer.restore_last(resume_dir)
@@ -204,6 +211,9 @@ def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str
     if result is None or result.summary is None:
         return _close(run, "FAILED", reason or "training failed", EXIT_RUNTIME)
     exit_code = _finish(run, result, status, reason)
+    if result.stop_requested:  # stopped by the epoch hook (a sweep's pruner): kept whole, marked KILLED
+        status, reason = "KILLED", result.stop_requested
+        run.writer.set_tags({"mixvae.pruned": "true"})
     if not run.writer.flush():  # the store stayed away: the model and the report wait for `mixvae sync`
         return _close(run, status, reason, EXIT_RUNTIME)
     if status == "FINISHED" and run.cfg.tracking.log_model and not _log_model(run, result):
@@ -307,6 +317,7 @@ def _killed(run: _Run, trainer) -> Outcome:
 def _finish(run: _Run, result, status: str, reason: str | None) -> int:
     """Training ended (FINISHED, or FAILED by the non-finite-loss guard with a best snapshot): summary,
     diagnostics, curriculum events and checkpoints go to the run. → the exit code so far."""
+    from mixvae.train.summary import jsonable
     writer, staging, console = run.writer, run.staging, run.console
     exit_code = EXIT_OK
     if result.stop_message and status == "FINISHED":
@@ -317,7 +328,7 @@ def _finish(run: _Run, result, status: str, reason: str | None) -> int:
     summary = dict(result.summary, run_id=run.run_id, status=status)
     run.out.summary_metrics = result.summary_metrics
     writer.log_summary(result.summary_metrics)
-    (staging / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=True))
+    (staging / "summary.json").write_text(json.dumps(jsonable(summary), indent=2, sort_keys=True))
     writer.log_artifact(staging / "summary.json")
     writer.log_artifacts(run.run_dir / "diagnostics", "diagnostics")
     if run.cfg.curriculum.enabled:
@@ -468,23 +479,3 @@ def _failure_reason(exc: BaseException) -> str:
         return ("out of memory; reduce training.batch_size, training.eval_batch_size or model.num_components, "
                 "or set model.top_m_gating")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _jsonable(value):
-    import math
-
-    import numpy as np
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    return value
-
-

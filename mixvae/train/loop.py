@@ -43,6 +43,10 @@ class NonFiniteLoss(RuntimeError):
     """An epoch produced a non-finite loss: the run fails, keeping the best epoch so far."""
 
 
+class StopRequested(Exception):
+    """The epoch hook asked to stop (a sweep's pruner): the run ends like an early stop, with this reason."""
+
+
 @dataclass
 class TrainResult:
     status: str                             # FINISHED, FAILED, KILLED
@@ -55,6 +59,7 @@ class TrainResult:
     input_example: np.ndarray | None = None
     stopped_early: bool = False
     stop_message: str = ""
+    stop_requested: str | None = None       # the epoch hook's reason (a pruned sweep trial)
 
 
 class Trainer:
@@ -90,6 +95,8 @@ class Trainer:
         self.compile_time = 0.0
         self.last_temperature = cfg.model.gumbel_temperature
         self.timings: dict[str, float] = {}      # wall seconds: epochs, final_evaluation
+        # Called after every epoch with (epoch, that epoch's logged metrics); a returned reason stops the run.
+        self.epoch_hook = None
 
     def _initial_state(self) -> TrainState:
         """The model (pseudo-inputs from training images for the VampPrior), optimiser and τ counts."""
@@ -162,12 +169,14 @@ class Trainer:
         """Epochs until max_epochs or early stopping, then the best epoch restored and evaluated."""
         t = self.cfg.training
         started = time.perf_counter()
-        reason, stop_message = None, ""
+        reason, stop_message, requested = None, "", None
         try:
             for n in range(self.epoch + 1, t.max_epochs + 1):
                 if self._epoch(n, started):
                     stop_message = self.stopper.stop_message(n)
                     break
+        except StopRequested as exc:
+            requested = stop_message = str(exc)
         except KeyboardInterrupt:
             self.console.end_bar()  # the caller uploads the last checkpoint and ends the run
             return TrainResult("KILLED", f"interrupted at epoch {self.epoch + 1}", self.epoch,
@@ -181,6 +190,7 @@ class Trainer:
         self.timings["epochs"] = time.perf_counter() - started
         t_final = time.perf_counter()
         result = self.finish(reason, stopped_early, stop_message)
+        result.stop_requested = requested
         self.timings["final_evaluation"] = time.perf_counter() - t_final
         return result
 
@@ -208,6 +218,8 @@ class Trainer:
         for e in events:
             self.console.print(self.curriculum.describe(e))
         self._progress(n, started, train, val.metrics, epoch_time)
+        if self.epoch_hook is not None and (why := self.epoch_hook(n, logged)):
+            raise StopRequested(why)
         return self.stopper.should_stop()
 
     def run_epoch(self, sched, n: int):

@@ -102,3 +102,21 @@ def summary_document(*, failed: bool, split: str, best_epoch: int, metrics: dict
         "versions": versions(),
         "val_check": dict(val_check),
     }
+
+
+def jsonable(value):
+    """Plain JSON values: NumPy scalars and arrays as numbers and lists, non-finite floats as null."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    return value
+
+
