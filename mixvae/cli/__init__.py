@@ -18,6 +18,7 @@ import click
 from mixvae import __version__
 from mixvae.paths import shown
 from mixvae.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, State, _fail, _out  # noqa: F401
+from mixvae.cli.sweep import sweep as sweep_command
 from mixvae.tracking.sync import sync_command
 
 
@@ -399,6 +400,7 @@ def runs(state: State, experiments, all_experiments, limit, status, filter_, all
 
 
 main.add_command(sync_command)  # `mixvae sync RUN_ID` (mixvae/tracking/sync.py)
+main.add_command(sweep_command)  # `mixvae sweep CONFIG --space SPACE.yaml` (mixvae/cli/sweep.py)
 
 
 if __name__ == "__main__":  # pragma: no cover
