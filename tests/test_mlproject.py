@@ -37,7 +37,7 @@ def test_conda_pins_equal_pyproject_pins():
 def test_mlproject_entry_points_and_parameters():
     spec = yaml.safe_load((REPO / "MLproject").read_text())
     points = spec["entry_points"]
-    assert set(points) == {"main", "train", "validate", "report", "compare"}
+    assert set(points) == {"main", "train", "validate", "report", "compare", "sweep"}
     assert points["main"] == points["train"]
     assert set(points["main"]["parameters"]) == {"config", "overrides", "register_model", "model_alias"}
     # MLproject parameter names have no dot, so they never collide with mixvae's dotted params.
@@ -131,3 +131,22 @@ def test_mlflow_run_report_and_compare_entry_points(tracking_uri, experiment_nam
     assert entry.data.tags["mixvae.report_of"] == ids[0]
     assert "REPORT.md" in {a.path for a in client.list_artifacts(entry.info.run_id)}
     assert "REPORT.html" in {a.path for a in client.list_artifacts(ids[0])}  # uploaded to the reported run
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_mlflow_run_sweep_entry_point_makes_its_run_the_parent(tracking_uri, experiment_name, subprocess_env):
+    proc = mlflow_run(["-e", "sweep", "-P", "trials=2",
+                       "-P", "overrides=training.max_epochs=1; model.hidden_dims=[32]; tracking.log_model=false; "
+                             "tracking.report=false",
+                       "--experiment-name", experiment_name], subprocess_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("mixvae.kind") == "sweep"]
+    assert parent.data.params["space"] == "configs/spaces/quick.yaml"   # logged by `mlflow run` itself
+    assert parent.data.params["sweep.trials"] == "2"                    # logged by mixvae, dotted
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["mixvae.sweep.trial"] for r in trials) == ["0", "1"]
+    assert parent.info.status == "FINISHED"
