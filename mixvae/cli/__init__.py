@@ -41,6 +41,8 @@ def _quiet_env() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
     warnings.filterwarnings("ignore", message=".*SQLAlchemy.*")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow's per-download progress bars would interleave with mixvae's own (a sweep downloads per trial)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class _Group(click.Group):
@@ -379,7 +381,7 @@ def compare(state: State, runs, out_dir, baseline, metrics):
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--status", type=click.Choice(["RUNNING", "FINISHED", "FAILED", "KILLED"]), default=None)
 @click.option("--filter", "filter_", default=None, help="An MLflow search filter.")
-@click.option("--all-kinds", is_flag=True, help="Also list validate, report, compare and seed_group runs.")
+@click.option("--all-kinds", is_flag=True, help="Also list validate, report, compare, seed_group and sweep runs.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 @click.pass_obj
 def runs(state: State, experiments, all_experiments, limit, status, filter_, all_kinds, fmt):
