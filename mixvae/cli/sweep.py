@@ -108,6 +108,11 @@ def sweep(state: State, config, space_path, trials, timeout, metric, direction, 
         problems = exc.problems + problems
     if problems:
         _fail(state, ConfigError(problems, f"sweep {space_path}").render(), EXIT_USAGE)
+    weights = [k for k in space if k.endswith("_weight")]
+    if metric.startswith("val/loss.") and metric != "val/loss.recon" and weights:
+        state.console.print(f"warning: {metric} contains the weighted terms this sweep varies ({', '.join(weights)}), "
+                            "so trials are judged on different objectives; val/loss.recon or a clustering "
+                            "metric compares them fairly")
     uri = resolve_tracking_uri(state.tracking_uri, loaded.config.tracking.uri)[0]
     if problem := check_uri(uri):
         _fail(state, problem, EXIT_USAGE)
