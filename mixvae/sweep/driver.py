@@ -93,17 +93,34 @@ def run_sweep(sweep: Sweep, loaded: Loaded, settings: StudySettings, total: int,
     if trial is not None and parent_status(sweep.uri, sweep.parent_id) != "RUNNING":
         reopen(sweep.uri, sweep.parent_id)
     interrupted = False
-    while trial is not None:
-        out = run_trial(study, trial, sweep)
-        if out.run_id:
-            result.trial_runs.append(out.run_id)
-        _after_trial(study, sweep, out)
-        if out.interrupted:
-            interrupted = True
-            break
-        trial = next_trial(study, total, deadline)
+    try:
+        while trial is not None:
+            out = run_trial(study, trial, sweep)
+            trial = None  # told: nothing of it is left to clean up
+            if out.run_id:
+                result.trial_runs.append(out.run_id)
+            _after_trial(study, sweep, out)
+            if out.interrupted:
+                interrupted = True
+                break
+            trial = next_trial(study, total, deadline)
+    except KeyboardInterrupt:  # between trials (inside one, the run itself ends KILLED)
+        interrupted = True
+        _abandon(study, trial)
     _finish(study, sweep, result, interrupted)
     return result
+
+
+def _abandon(study, trial) -> None:
+    """A trial asked for but not yet told (Ctrl-C came first) is told FAIL, so the study does not wait on it."""
+    if trial is None:
+        return
+    from optuna.trial import TrialState
+    try:
+        trial.set_user_attr("mixvae.reason", "interrupted before its run started")
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception:  # told already, or the storage is gone: nothing more to do
+        pass
 
 
 def _after_trial(study, sweep: Sweep, out) -> None:

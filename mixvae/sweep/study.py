@@ -51,7 +51,7 @@ def storage_for(url: str | None):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     if "://" in url:
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+            return optuna.storages.RDBStorage(url)
         except Exception as exc:
             raise StudyError(f"--storage {redacted(url)}: Optuna cannot use this database: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
