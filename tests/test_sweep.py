@@ -178,3 +178,37 @@ def test_two_workers_share_one_study_and_one_parent(tracking_uri, subprocess_env
     ran = [t for t in study.trials if "mixvae.skipped" not in t.user_attrs]
     assert sorted(t.number for t in ran) == [0, 1, 2, 3, 4]
     assert all(t.state.name == "COMPLETE" for t in ran)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_ctrl_c_ends_the_trial_run_and_the_parent_killed(tracking_uri, subprocess_env, tmp_path):
+    import signal
+    import time
+    space = write_space(tmp_path / "space.yaml", {"model.kl_c_weight": {"type": "float", "low": 0.1, "high": 1.0}})
+    proc = subprocess.Popen([sys.executable, "-m", "mixvae", "sweep", "quick", "--space", str(space), "--trials", "3",
+                             "--set", "training.max_epochs=400", "--set", "training.patience=null", *FAST,
+                             "--storage", str(tmp_path / "study.log")], env=subprocess_env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.time() + 240, []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.startswith("epoch 3/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + err[-2000:]
+    assert "Traceback" not in err
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(fields(out)["sweep_run_id"][0])
+    assert parent.info.status == "KILLED" and parent.data.tags["mixvae.status_reason"] == "interrupted"
+    (run,) = children(client, parent)
+    assert run.info.status == "KILLED" and run.data.tags["mixvae.sweep.state"] == "FAIL"
+    assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}  # resumable like any run
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    study = optuna.load_study(study_name=fields(out)["study"][0],
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "study.log"))))
+    assert [t.state.name for t in study.trials] == ["FAIL"]
