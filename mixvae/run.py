@@ -260,9 +260,10 @@ def _print_training_header(run: _Run, trainer) -> None:
                   f"≤{t.max_epochs} epochs")
     if t.patience is not None:
         console.print(f"              early stopping on {t.monitor} ({trainer.stopper.mode}, patience {t.patience})")
-    devices = jax.devices()
-    console.print(f"  device      {devices[0].platform} ({os.cpu_count()} cores)" if devices[0].platform == "cpu"
-                  else f"  device      {devices[0].device_kind}")
+    count, device = trainer.placement.count, jax.local_devices()[0]
+    what = f"{device.platform} ({os.cpu_count()} cores)" if device.platform == "cpu" else device.device_kind
+    split = f" · data-parallel, {t.batch_size // count} images per device per batch" if count > 1 else ""
+    console.print(f"  device      {f'{count} × ' if count > 1 else ''}{what}{split}")
     for w in run.loaded.warnings:
         console.print(f"  warning     {w}")
 

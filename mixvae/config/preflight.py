@@ -1,9 +1,10 @@
 """What `mixvae train` needs before its first epoch that can be known without training: a tracking URI
-MLflow can open, names the MLflow store and registry accept, and output directories that can be
-written. `validate` and `train` both reach these checks through the tracking rules of `check_rules`,
-so both commands refuse the same configs with the same message (exit 2).
+MLflow can open, names the MLflow store and registry accept, output directories that can be
+written, and the devices `training.devices` asks for. `validate` and `train` both reach these checks
+through `check_rules`, so both commands refuse the same configs with the same message (exit 2).
 
 Nothing here contacts MLflow; the only write is `paths.unwritable`'s nameless probe file, removed at once.
+JAX is imported only to count this host's devices, and only when a config asks for more than one.
 Each problem is a (dotted key or source, message) pair.
 """
 
@@ -140,3 +141,40 @@ def output_problems(cfg: Config, uri: str, uri_source: str) -> list[Problem]:
         if reason:
             problems.append(("tracking.report_dir", f"reports cannot be written to {reports}: {reason}"))
     return problems
+
+
+# --- devices ----------------------------------------------------------------------------------------------
+
+def uneven_batches(cfg: Config, count: int, devices: str) -> list[Problem]:
+    """The training batch and the evaluation chunk are split evenly over ``count`` devices (``devices``
+    says where the count came from). A padded last batch (drop_remainder: false) keeps the full batch
+    size, so it splits like every other batch."""
+    problems: list[Problem] = []
+    t = cfg.training
+    for key, size in (("training.batch_size", t.batch_size), ("training.eval_batch_size", t.eval_batch_size)):
+        if size % count:
+            lower, upper = size // count * count, -(-size // count) * count
+            near = f"{lower} or {upper}" if lower else f"{upper}"
+            problems.append((key, f"{size} images do not split evenly over {devices}; use a multiple of "
+                                  f"{count} (e.g. {near})"))
+    return problems
+
+
+def device_problems(cfg: Config) -> list[Problem]:
+    """``training.devices`` against the devices of this host (``jax.local_device_count()``): an explicit
+    count it has, and for 'auto' batches that split over all of them. One device needs no check."""
+    wanted = cfg.training.devices
+    if wanted == 1:
+        return []
+    import jax
+
+    try:
+        local, platform = jax.local_device_count(), jax.default_backend()
+    except RuntimeError as exc:  # no backend could be initialised
+        return [("training.devices", f"JAX finds no device to train on: {str(exc).splitlines()[0]}")]
+    if wanted == "auto":
+        return uneven_batches(cfg, local, f"training.devices 'auto' = {local} {platform} device(s)")
+    if wanted > local:
+        return [("training.devices", f"{wanted} devices asked for, but this host has {local} ({platform}); "
+                                     f"use at most {local}, or 'auto' for all of them")]
+    return []

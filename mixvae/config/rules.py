@@ -12,7 +12,7 @@ from typing import Any
 from mixvae.config import metric_table as mt
 from mixvae.config.applicability import APPLIES
 from mixvae.config.flat import default_in_context, defaults_flat, flat_values
-from mixvae.config.preflight import preflight_problems
+from mixvae.config.preflight import device_problems, preflight_problems, uneven_batches
 from mixvae.config.schema import Config
 from mixvae.tracking_uri import resolve_tracking_uri
 
@@ -46,6 +46,7 @@ def check_rules(cfg: Config, explicit: set[str], set_values: dict[str, Any] | No
     _classifier_and_prior_rules(cfg, found)
     _likelihood_and_geometry_rules(cfg, found)
     _monitor_rules(cfg, found)
+    _device_rules(cfg, found)
     if cfg.curriculum.enabled:
         _curriculum_rules(cfg, explicit, found)
     _tracking_rules(cfg, tracking_uri, found)
@@ -143,6 +144,18 @@ def _monitor_rules(cfg: Config, found: Findings) -> None:
     elif t.monitor_mode != "auto" and direction != "none" and t.monitor_mode != direction:
         found.warn("training.monitor_mode",
                    f"'{t.monitor_mode}' contradicts the direction of {t.monitor} ({direction})")
+
+
+def _device_rules(cfg: Config, found: Findings) -> None:
+    """Data parallelism splits every batch evenly over the devices: an explicit count divides the
+    training and evaluation batch sizes; the count itself, and 'auto', are checked against this host's
+    devices (config/preflight.py)."""
+    n = cfg.training.devices
+    if n != "auto":
+        for key, msg in uneven_batches(cfg, n, f"training.devices = {n}"):
+            found.error(key, msg)
+    for key, msg in device_problems(cfg):
+        found.error(key, msg)
 
 
 # --- curriculum --------------------------------------------------------------------------------

@@ -245,6 +245,20 @@ class TrainingConfig(_Section):
     monitor: str = "val/loss.total"
     monitor_mode: Literal["auto", "min", "max"] = "auto"
     checkpoint_every: int = Field(5, ge=1)
+    # Data parallelism: the batch is split over this many local devices ('auto': all of them).
+    devices: Literal["auto"] | int = 1
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v):
+        if v == "auto":
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            shown = str(v).lower() if isinstance(v, bool) else repr(v)
+            raise ValueError(f"must be 'auto' or an integer ≥ 1 (got {shown})")
+        return v
 
 
 # --- curriculum --------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from mixvae.model import MixVAE
 from mixvae.model import tau as tau_lib
 from mixvae.model.priors import init_pseudo_inputs, warm_start_clusters
 from mixvae.train import checkpoint
+from mixvae.train.devices import Placement
 from mixvae.train.diagnostics import NUM_FIXED, EvalDiagnostics, record_epoch, save_history
 from mixvae.train.early_stopping import BestSnapshot
 from mixvae.train.evaluation import SplitEvaluator, mixture_weights, train_metrics
@@ -74,19 +75,22 @@ class Trainer:
         self.k = cfg.model.num_components
         self.num_labeled = ds.n_labeled
         self.root = jax.random.PRNGKey(t.seed)
-        self.keys = {name: jax.random.fold_in(self.root, s) for name, s in
-                     (("init", STREAM_INIT), ("shuffle", STREAM_SHUFFLE), ("steps", STREAM_STEPS),
-                      ("eval", STREAM_EVAL))}
-        self.state = self._initial_state()
+        # The devices: batches split over them, everything else replicated (one device: left as is).
+        self.placement = place = Placement.from_config(cfg)
+        writer.set_tags({"mixvae.devices": str(place.count)})
+        self.keys = place.replicate({name: jax.random.fold_in(self.root, s) for name, s in
+                                     (("init", STREAM_INIT), ("shuffle", STREAM_SHUFFLE), ("steps", STREAM_STEPS),
+                                      ("eval", STREAM_EVAL))})
+        self.state = place.replicate(self._initial_state())
         self.fns = Functions(cfg, self.graphdef, self.tx, image_shape=ds.image_shape, n_train=ds.n_train,
-                             num_labeled=self.num_labeled)
+                             num_labeled=self.num_labeled, shard=place.shard_batch)
         # Device-resident training data, with the warm-start cluster of every image (zeros when unused).
-        self.train_x, self.train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-        self.train_c = jnp.asarray(warm_start_clusters(cfg, ds.train_x) if self.fns.cluster_init
-                                   else np.zeros(ds.n_train, np.int32))
-        # Evaluation chunk: eval_batch_size images, or the larger split rounded up to a multiple of 8.
-        largest = max(ds.n_val, ds.n_test)
-        self.chunk = int(min(t.eval_batch_size, max(8, -(-largest // 8) * 8)))
+        self.train_x, self.train_y = place.replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)))
+        self.train_c = place.replicate(jnp.asarray(warm_start_clusters(cfg, ds.train_x) if self.fns.cluster_init
+                                                   else np.zeros(ds.n_train, np.int32)))
+        # Evaluation chunk: eval_batch_size images, or the larger split rounded up to a multiple of 8
+        # (and of the device count).
+        self.chunk = place.eval_chunk(t.eval_batch_size, max(ds.n_val, ds.n_test))
         self.evaluator = SplitEvaluator(cfg, self.graphdef, ds.image_shape, self.chunk, self.keys["eval"])
         self.diagnostics = EvalDiagnostics(cfg, self.graphdef, self.chunk, self.keys["eval"])
         self.host = checkpoint.HostState.from_config(cfg)
@@ -141,24 +145,24 @@ class Trainer:
     def compile(self) -> float:
         """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each."""
         t0 = time.perf_counter()
-        fns, state = self.fns, self.state
+        fns, state, placed = self.fns, self.state, self.placement.jit_options()
         if fns.host_loop:
             zero = jax.eval_shape(fns.zero_sums)
             self.zero_sums = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), zero)
-            self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1)).lower(
+            self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1), **placed).lower(
                 state, self.zero_sums, self.train_x, self.train_y, self.train_c, example_schedule(self.k),
                 np.int32(1), np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
         else:
-            self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,)).lower(
+            self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,), **placed).lower(
                 state, self.train_x, self.train_y, self.train_c, example_schedule(self.k), np.int32(1),
                 self.keys["shuffle"], self.keys["steps"]).compile()
         x = np.zeros((self.chunk, *self.ds.image_shape), F32)
         y, valid = np.zeros(self.chunk, np.int32), np.zeros(self.chunk, F32)
         mask, temp, chunk_index = np.ones(self.k, F32), np.float32(1.0), np.int32(0)
-        self.compiled["eval"] = self.evaluator.compiled = jax.jit(fns.evaluate).lower(
+        self.compiled["eval"] = self.evaluator.compiled = jax.jit(fns.evaluate, **placed).lower(
             state.params, state.tau_counts, x, y, valid, mask, temp, chunk_index, self.keys["eval"]).compile()
         fixed = np.zeros((NUM_FIXED, *self.ds.image_shape), F32)
-        self.compiled["diagnostics"] = self.diagnostics.compiled = jax.jit(fns.diagnostics).lower(
+        self.compiled["diagnostics"] = self.diagnostics.compiled = jax.jit(fns.diagnostics, **placed).lower(
             state.params, state.tau_counts, x, fixed, mask, temp, chunk_index, self.keys["eval"]).compile()
         self.compile_time = time.perf_counter() - t0
         return self.compile_time
@@ -322,7 +326,8 @@ class Trainer:
 
     def restore_last(self, directory: Path) -> None:
         """Resume: everything of the ``last`` checkpoint back into this trainer."""
-        self.state, self.best = checkpoint.load_last(directory, self.state, self.host)
+        state, self.best = checkpoint.load_last(directory, self.state, self.host)
+        self.state = self.placement.replicate(state)
 
     # --- the end of a run ---------------------------------------------------------------------------------
 

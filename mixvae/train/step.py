@@ -5,7 +5,8 @@ Everything that changes during training without recompiling — schedule factors
 active mask, the kick bias, the straight-through switch, τ counts — is an array argument. The model
 is used in the functional NNX form: ``graphdef`` is closed over, parameters travel as a state pytree.
 An epoch is one lax.scan over its train steps or, where that is slow (conv models on the CPU), one
-compiled step per host call; both draw the same batches and keep the same running sums.
+compiled step per host call; both draw the same batches and keep the same running sums. On several
+devices each gathered batch is split over them (``shard``, from ``mixvae.train.devices``).
 """
 
 from __future__ import annotations
@@ -134,8 +135,10 @@ def sigma_statistics(sigma: jax.Array, x: jax.Array, recon: jax.Array, sigma_min
 class Functions:
     """The compiled functions of one run, for one config, data shape and batch layout."""
 
-    def __init__(self, cfg, graphdef, tx, *, image_shape, n_train: int, num_labeled: int):
+    def __init__(self, cfg, graphdef, tx, *, image_shape, n_train: int, num_labeled: int, shard=None):
         self.cfg = cfg
+        # Lays a batch (a pytree of [B, …] arrays) out over the devices; the identity on one device.
+        self.shard = shard or (lambda tree: tree)
         self.graphdef = graphdef
         self.tx = tx
         self.image_shape = tuple(image_shape)
@@ -183,7 +186,7 @@ class Functions:
                    steps_key):
         """One optimiser step on the batch ``bidx``: the gradient of the objective, the optimiser update,
         τ evidence from this step's responsibilities (before the update) and the epoch's running sums."""
-        x, y, c = train_x[bidx], train_y[bidx], train_c[bidx]
+        x, y, c, bvalid = self.shard((train_x[bidx], train_y[bidx], train_c[bidx], bvalid))
         key = jax.random.fold_in(steps_key, state.step)
         grad_fn = jax.value_and_grad(self.objective, has_aux=True)
         (loss, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, c, bvalid, sched, key,
@@ -273,6 +276,7 @@ class Functions:
         """Evaluation mode on one chunk of a split → per-image arrays (the host reduces them once per
         split): the loss terms, the selected latent, responsibilities, predicted labels, σ̂ statistics."""
         key = jax.random.fold_in(eval_key, chunk_index)
+        x, y, valid = self.shard((x, y, valid))
         model, fwd = self._evaluation_forward(params, x, active_mask, temperature, key)
         terms = compute_terms(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts))
         out = {"image": terms.image, "labeled": terms.labeled, "step": terms.step, "z_selected": selected_latent(fwd)}
@@ -295,7 +299,7 @@ class Functions:
         """Per-image arrays for the diagnostics file, and the fixed images' reconstructions and, for
         component-decoding priors, every component's mean image."""
         key = jax.random.fold_in(eval_key, chunk_index)
-        _, fwd = self._evaluation_forward(params, x, active_mask, temperature, key)
+        _, fwd = self._evaluation_forward(params, self.shard(x), active_mask, temperature, key)
         out = {"z_mean": fwd.z_mean}
         if fwd.kl_per_component is not None:
             out["kl_per_component"] = fwd.kl_per_component
