@@ -436,6 +436,22 @@ def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, 
     return Path(result.report_md), record.run_id
 
 
+def build_sweep_report_for_run(parent_id: str, uri: str, report_dir: str, *, html: bool, out_dir: Path | None = None,
+                               upload: bool = True, final_status: str | None = None) -> Path:
+    """A sweep's report from its parent run and trial runs in MLflow, logged back to the parent → REPORT.md."""
+    from mixvae.report.sweep import build_sweep_report
+    from mixvae.tracking.artifacts import upload_files
+    from mixvae.tracking.sweep_record import load_sweep
+    record = load_sweep(parent_id, uri)
+    if final_status:  # built just before the parent is ended: show the status and end it will get
+        record.status, record.end_time = final_status, record.end_time or int(time.time() * 1000)
+    out = Path(out_dir or paths.under_work_dir(report_dir) / record.run_id)
+    report_md = build_sweep_report(record, out, html=html)
+    if upload:
+        upload_files(record.run_id, [report_md, out / "figures"] + [out / "REPORT.html"] * html, uri=uri)
+    return report_md
+
+
 def prediction_keys(cfg, num_labeled: int) -> list[str]:
     """The outputs of the logged model for this configuration."""
     keys = ["reconstruction_error"]

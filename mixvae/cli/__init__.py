@@ -296,16 +296,22 @@ def _train_seeds(state: State, loaded, seeds: list[int], kw: dict) -> None:
 @click.option("--no-html", is_flag=True, help="Skip REPORT.html.")
 @click.pass_obj
 def report(state: State, run_id, out_dir, no_upload, no_html):
-    """Rebuild figures, REPORT.md and REPORT.html of RUN_ID from the MLflow run alone."""
-    from mixvae.run import build_report_for_run
+    """Rebuild figures, REPORT.md and REPORT.html of RUN_ID from the MLflow run alone (a sweep's parent run:
+    the sweep report, from the parent and its trial runs)."""
+    from mixvae.run import build_report_for_run, build_sweep_report_for_run
+    from mixvae.tracking.sweep_record import sweep_parent_id
     from mixvae.tracking_uri import resolve_tracking_uri
     from mixvae.tracking.writer import RunNotFound, TrackingError
 
     uri = resolve_tracking_uri(state.tracking_uri, None)[0]
     entry_run = os.environ.get("MLFLOW_RUN_ID")
     try:
-        path, full_id = build_report_for_run(run_id, uri, "reports", html=not no_html, console=state.console,
-                                    out_dir=Path(out_dir) if out_dir else None, upload=not no_upload)
+        if full_id := sweep_parent_id(run_id, uri):
+            path = build_sweep_report_for_run(full_id, uri, "reports", html=not no_html,
+                                              out_dir=Path(out_dir) if out_dir else None, upload=not no_upload)
+        else:
+            path, full_id = build_report_for_run(run_id, uri, "reports", html=not no_html, console=state.console,
+                                                 out_dir=Path(out_dir) if out_dir else None, upload=not no_upload)
     except RunNotFound as exc:
         _fail(state, str(exc), EXIT_USAGE)
     except TrackingError as exc:

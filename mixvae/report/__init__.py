@@ -10,11 +10,14 @@ imported only when a figure is drawn.
 - formatting.py  numbers, sizes, times and metric keys as the reports write them
 - document.py    the small document model and its Markdown and HTML renderers
 - compare.py     build_compare: COMPARE.md for two or more runs
+- sweep.py       build_sweep_report: REPORT.md of a sweep (its figures in sweep_plots.py)
 - plots/         the figure catalogue and the figures
 """
 
 from .build import ReportResult, build_report
 from .compare import build_compare, default_compare_dir
 from .plots import PlotStatus, run_plots
+from .sweep import build_sweep_report
 
-__all__ = ["PlotStatus", "ReportResult", "build_compare", "build_report", "default_compare_dir", "run_plots"]
+__all__ = ["PlotStatus", "ReportResult", "build_compare", "build_report", "build_sweep_report", "default_compare_dir",
+           "run_plots"]

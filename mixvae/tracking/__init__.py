@@ -14,6 +14,7 @@ The tracking URI's precedence and check live below this package, in `mixvae/trac
 - sync.py          `mixvae sync`: deliver a kept spool
 - artifacts.py     download_artifact, upload_dir
 - record.py        RunRecord, load_run, resolve_run_id
+- sweep_record.py  SweepRecord, load_sweep: a sweep's parent run and its trial runs
 - model_logging.py log_model (models-from-code), register, make_data_meta
 - pyfunc_model.py  the file MLflow loads the model from
 - listing.py       `mixvae runs`
@@ -37,6 +38,8 @@ _EXPORTS = {
     "RunRecord": "record",
     "load_run": "record",
     "resolve_run_id": "record",
+    "SweepRecord": "sweep_record",
+    "load_sweep": "sweep_record",
     "log_model": "model_logging",
     "register": "model_logging",
     "make_data_meta": "model_logging",

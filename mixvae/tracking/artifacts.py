@@ -1,5 +1,5 @@
 """A run's artifacts outside the training loop: whether one exists, downloading one, and uploading
-a finished folder (the report)."""
+a finished folder or a few files (the reports)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,17 @@ def upload_dir(run_id: str, local_dir: str | Path, artifact_path: str | None = N
         client.log_artifacts(run_id, str(local_dir), artifact_path)
     except Exception as exc:
         raise TrackingError(f"tracking failure: upload of {local_dir} failed: {short_reason(exc)}") from exc
+
+
+def upload_files(run_id: str, paths: list[Path], uri: str | None = None) -> None:
+    """Log each file to the run's artifact root and each folder under its own name (the sweep report:
+    REPORT.md, REPORT.html, figures/, and nothing else that lies beside them). Raises TrackingError."""
+    client = connect(uri or resolve_tracking_uri(None, None)[0])
+    for path in map(Path, paths):
+        try:
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), path.name)
+            elif path.is_file():
+                client.log_artifact(run_id, str(path))
+        except Exception as exc:
+            raise TrackingError(f"tracking failure: upload of {path} failed: {short_reason(exc)}") from exc
