@@ -146,6 +146,10 @@ def test_sweep_nests_complete_runs_prunes_and_keeps_the_best(tracking_uri, subpr
     assert yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "sweep/space.yaml",
                                                          str(tmp_path / "s"))).read_text()).keys() == {
         "training.learning_rate", "model.kl_c_weight"}
+    # The last worker out built the sweep report and logged it to the parent, with the status it ended with.
+    report = (tmp_path / out["report"][0]).read_text()
+    assert "FINISHED" in report and best_id[:8] in report
+    assert {"REPORT.md", "REPORT.html", "figures"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 @pytest.mark.slow

@@ -176,20 +176,18 @@ def _finish(study, sweep: Sweep, result: SweepResult, interrupted: bool) -> None
         status, reason = "FAILED", "no trial completed"
     else:
         status, reason = "FINISHED", None
-    result.report = _report(sweep)
+    result.report = _report(sweep, status)
     end_parent(sweep.uri, sweep.parent_id, status, reason)
     result.ended = status
 
 
-def _report(sweep: Sweep) -> Path | None:
-    """The sweep report, built from the parent run alone (as `mixvae report PARENT_ID` would)."""
-    try:
-        from mixvae.run import build_sweep_report_for_run
-    except ImportError:
-        return None
+def _report(sweep: Sweep, status: str) -> Path | None:
+    """The sweep report, built from the parent run alone (as `mixvae report PARENT_ID` would), showing the
+    status the parent is about to end with."""
+    from mixvae.run import build_sweep_report_for_run
     try:
         return build_sweep_report_for_run(sweep.parent_id, sweep.uri, sweep.report_dir, html=True, out_dir=None,
-                                          upload=True)
+                                          upload=True, final_status=status)
     except Exception as exc:  # the trials are complete runs; the report can be rebuilt later
         sweep.console.error(f"the sweep report failed: {type(exc).__name__}: {exc}; "
                             f"retry with mixvae report {sweep.parent_id}")
