@@ -1,4 +1,4 @@
-"""The `mixvae` command line: validate, train, report, compare, runs, sync.
+"""The `mixvae` command line: validate, train, sweep, report, compare, runs, sync.
 
 Human-readable output goes to stderr; stdout carries only machine-readable `key=value` lines (and the
 YAML of --print-config and the `runs` listing). Exit codes: 0 ok, 1 runtime failure, 2 usage or
