@@ -10,6 +10,7 @@ for: `tracking.experiment_name` from the config when no variable names an experi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,9 @@ from mixvae.tracking.ownership import owner_tags
 from mixvae.tracking.writer import TrackingError
 
 EXPERIMENT_VARIABLES = ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+# MLflow's UI opens an experiment in the view its kind tag names; without one, an experiment of plain runs
+# may open in the GenAI view (evaluation runs, traces, prompts). mixvae's are model training.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def artifact_location(uri: str, name: str) -> str | None:
@@ -37,12 +41,22 @@ def artifact_location(uri: str, name: str) -> str | None:
     return (work_dir() / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "_", name)).as_uri()
 
 
+def mark_model_training(client: MlflowClient, experiment) -> None:
+    """Tag ``experiment`` as model training for MLflow's UI, unless it already has a kind (a user's choice,
+    or MLflow's own, stays). Best effort: a server that refuses the tag loses nothing but the view."""
+    if EXPERIMENT_KIND_TAG in (experiment.tags or {}):
+        return
+    with contextlib.suppress(Exception):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
 def experiment_named(client: MlflowClient, name: str, uri: str = "") -> str:
     """The id of the experiment called `name`, created when missing; a deleted one is refused."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+            return client.create_experiment(name, artifact_location=artifact_location(uri, name),
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except MlflowException:
             experiment = client.get_experiment_by_name(name)  # created meanwhile by someone else
             if experiment is None:
@@ -111,7 +125,9 @@ def open_run(
                                       nested=nested_parent_id is not None, parent_run_id=nested_parent_id,
                                       tags=tags, description=description,
                                       log_system_metrics=log_system_metrics)
-        experiment_name = client.get_experiment(active.info.experiment_id).name
+        experiment = client.get_experiment(active.info.experiment_id)
+        experiment_name = experiment.name
+        mark_model_training(client, experiment)  # also one MLflow made (MLFLOW_EXPERIMENT_NAME, `mlflow run`)
     except TrackingError:
         raise
     except Exception as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from mixvae.tracking.connection import connect, short_reason
-from mixvae.tracking.mlflow_run import experiment_named
+from mixvae.tracking.mlflow_run import experiment_named, mark_model_training
 from mixvae.tracking.writer import RunNotFound, TrackingError
 
 STATUS_REASON_TAG = "mixvae.status_reason"
@@ -43,6 +43,7 @@ def create_parent(uri: str, *, experiment_name: str, experiment_from_cli: bool, 
             run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                          tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        mark_model_training(client, client.get_experiment(client.get_run(run_id).info.experiment_id))
         return run_id
     except TrackingError:
         raise
