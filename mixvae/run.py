@@ -22,7 +22,7 @@ from pathlib import Path
 from mixvae import __version__, paths
 from mixvae.config import (Loaded, architecture_code, config_hash, flatten, model_summary_line, to_yaml)
 from mixvae.console import Console
-from mixvae.tracking_uri import redact, redact_uri
+from mixvae.tracking_uri import redact, redact_uri, ui_link
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -245,6 +245,8 @@ def _print_run_header(run: _Run) -> None:
     console.print(f"mixvae {__version__} · train · {run.loaded.path}")
     console.print(f"  run         {run.run_id}  \"{writer.run_name}\"  experiment \"{writer.experiment_name}\"")
     console.print(f"  tracking    {redact(run.uri)}  ({run.uri_source})")
+    if link := ui_link(run.uri, writer.experiment_id, run.run_id):
+        console.print(f"  ui          {link}")
     console.print(f"  data        {run.ds.summary_line()}")
     console.print(f"  model       {model_summary_line(run.cfg)}")
 

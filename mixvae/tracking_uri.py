@@ -100,3 +100,13 @@ def sqlite_file(uri: str) -> Path | None:
     if not path or path == ":memory:":
         return None
     return Path(path).expanduser().absolute()
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI's page of a run (or of an experiment) on a tracking server, opened in the UI's model-training
+    view (`workflowType=machine_learning`: MLflow 3's UI otherwise opens what the browser last chose, GenAI at
+    first); None for a local store, which has no UI of its own until `mlflow ui` serves it."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return None
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{redact_uri(uri.rstrip('/'))}/{page}?workflowType=machine_learning"

@@ -34,6 +34,13 @@ def test_uri_precedence(monkeypatch, tmp_path):
     assert default_tracking_uri(str(tmp_path)).startswith("sqlite:////")
 
 
+def test_ui_links_open_the_model_training_view_and_hide_passwords():
+    from mixvae.tracking_uri import ui_link
+    assert ui_link("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert ui_link("https://u:secret@h", "3") == "https://u:***@h/#/experiments/3?workflowType=machine_learning"
+    assert ui_link("sqlite:///mlflow.db", "3", "abc") is None
+
+
 @pytest.mark.parametrize("uri", ["file:./mlruns", "file:///tmp/mlruns", "./mlruns", "mlruns", "/abs/mlruns",
                                  "C:\\mlruns"])
 def test_file_stores_are_rejected(uri):
