@@ -11,7 +11,7 @@ export JAX_PLATFORMS ?= cpu
 # .venv (CI checks `git status --ignored`). The installed packages' bytecode, compiled by pip, is still read.
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench quality install dev clean
+.PHONY: run test bench quality install dev clean ui-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(STAMP)
 # (about 25 minutes on 2 cores).
 quality: $(STAMP)
 	$(BIN)/python bench/quality.py quick decentralized tau_semisupervised curriculum vamp geometric mnist5k --seeds 0-4
+
+# MLflow's UI in headless chromium (Debian: apt-get install chromium): a sweep's parent and children and a
+# run's REPORT.html; about two minutes. Screenshots go to a new temporary directory (or UI_CHECK_OUT).
+ui-check: $(STAMP)
+	$(BIN)/python scripts/ui_check.py $(if $(UI_CHECK_OUT),--out $(UI_CHECK_OUT))
 
 clean:
 	rm -rf $(VENV) reports .mixvae mlruns mlflow.db
