@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixvae import __version__, paths
+from mixvae import __version__, job, paths
 from mixvae.config import (Loaded, architecture_code, config_hash, flatten, model_summary_line, to_yaml)
 from mixvae.console import Console
 from mixvae.tracking_uri import redact, redact_uri, ui_link
@@ -141,19 +141,19 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
     phases: dict[str, float] = {}
     ds = _load_data(loaded.config, console, phases)
     uri, uri_source = resolve_tracking_uri(cli_uri, loaded.config.tracking.uri)
-    problem = check_uri(uri)
+    problem = check_uri(uri) or job.join_job(loaded.config, bool(resume_run_id or nested_parent_id))
     if problem:
         raise UsageError(problem)
     try:
-        with _Phase(phases, "store"):
-            writer = _open_run(loaded, ds, uri, run_name_explicit=run_name_explicit,
-                               experiment_from_cli=experiment_from_cli, resume_run_id=resume_run_id,
-                               nested_parent_id=nested_parent_id, resume_logged=resume_logged,
-                               extra_tags=extra_tags)
+        with _Phase(phases, "store"):  # in a job of several processes only process 0 opens the run
+            loaded, console, writer, run_dir = job.open_in_job(loaded, console, lambda: _open_run(
+                loaded, ds, uri, run_name_explicit=run_name_explicit, experiment_from_cli=experiment_from_cli,
+                resume_run_id=resume_run_id, nested_parent_id=nested_parent_id, resume_logged=resume_logged,
+                extra_tags=extra_tags))
     except TrackingError as exc:
         console.error(f"error: {exc}")
         return Outcome(EXIT_RUNTIME)
-    run = _Run(loaded, ds, writer, console, uri, uri_source, paths.checkpoints_dir(writer.run_id), t_start,
+    run = _Run(loaded, ds, writer, console, uri, uri_source, run_dir, t_start,
                Outcome(EXIT_RUNTIME, run_id=writer.run_id, phases=phases), verbose, epoch_hook)
     try:
         return _train_in_run(run, resume_dir, resume_overrides)

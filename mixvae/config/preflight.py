@@ -4,7 +4,9 @@ written, and the devices `training.devices` asks for. `validate` and `train` bot
 through `check_rules`, so both commands refuse the same configs with the same message (exit 2).
 
 Nothing here contacts MLflow; the only write is `paths.unwritable`'s nameless probe file, removed at once.
-JAX is imported only to count this host's devices, and only when a config asks for more than one.
+JAX is imported only to count this host's devices, and only when a config asks for more than one; in a
+job of several processes (`mixvae.processes`) not at all: counting devices would start JAX's backend,
+after which the train path could no longer join the job, so only what the environment says is checked.
 Each problem is a (dotted key or source, message) pair.
 """
 
@@ -16,7 +18,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mixvae import paths
+from mixvae import paths, processes
 from mixvae.config.schema import Config
 from mixvae.tracking_uri import SOURCE_CONFIG, SOURCE_DEFAULT, check_uri, sqlite_file
 
@@ -162,8 +164,20 @@ def uneven_batches(cfg: Config, count: int, devices: str) -> list[Problem]:
 
 def device_problems(cfg: Config) -> list[Problem]:
     """``training.devices`` against the devices of this host (``jax.local_device_count()``): an explicit
-    count it has, and for 'auto' batches that split over all of them. One device needs no check."""
+    count it has, and for 'auto' batches that split over all of them. One device needs no check.
+    In a job of several processes: the job's variables, and an explicit count that is a multiple of the
+    processes (the rest is checked once the train path has joined the job)."""
     wanted = cfg.training.devices
+    try:
+        job = processes.from_env()
+    except processes.JobError as exc:
+        return [("environment", str(exc))]
+    if job is not None:
+        if wanted != "auto" and wanted % job.count:
+            return [("training.devices", f"{wanted} device(s) cannot be shared by the {job.count} processes of "
+                                         f"this job ({processes.ENV_COUNT}); use 'auto' or a multiple of "
+                                         f"{job.count}")]
+        return []
     if wanted == 1:
         return []
     import jax

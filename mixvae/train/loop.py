@@ -77,7 +77,7 @@ class Trainer:
         self.root = jax.random.PRNGKey(t.seed)
         # The devices: batches split over them, everything else replicated (one device: left as is).
         self.placement = place = Placement.from_config(cfg)
-        writer.set_tags({"mixvae.devices": str(place.count)})
+        writer.set_tags({"mixvae.devices": str(place.count), "mixvae.processes": str(jax.process_count())})
         self.keys = place.replicate({name: jax.random.fold_in(self.root, s) for name, s in
                                      (("init", STREAM_INIT), ("shuffle", STREAM_SHUFFLE), ("steps", STREAM_STEPS),
                                       ("eval", STREAM_EVAL))})

@@ -11,6 +11,7 @@ devices each gathered batch is split over them (``shard``, from ``mixvae.train.d
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -157,10 +158,16 @@ class Functions:
         groups = {"image": IMAGE_TERMS, "labeled": LABELED_TERMS, "step": STEP_TERMS}
         self.terms = {group: [name for name in names if name in enabled] for group, names in groups.items()}
         self.cluster_init = "loss.cluster_init" in enabled  # the warm-start term is on
-        # XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about 8× slower than the same
-        # step compiled on its own (measured, docs/performance.md), so conv models on the CPU drive the
-        # epoch from the host: one compiled step per call, sums kept on the device, one fetch per epoch.
-        self.host_loop = ("conv" in (m.encoder_type, m.decoder_type)) and jax.default_backend() == "cpu"
+        self.conv = "conv" in (m.encoder_type, m.decoder_type)
+
+    @functools.cached_property
+    def host_loop(self) -> bool:
+        """XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about 8× slower than the same
+        step compiled on its own (measured, docs/performance.md), so conv models on the CPU drive the
+        epoch from the host: one compiled step per call, sums kept on the device, one fetch per epoch.
+        Asked only when compiling: asking for the backend starts it, and validation must not (a job of
+        several processes joins before that, mixvae/processes.py)."""
+        return self.conv and jax.default_backend() == "cpu"
 
     def _model(self, params):
         return nnx.merge(self.graphdef, params)
