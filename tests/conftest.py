@@ -98,6 +98,13 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
         process.wait(timeout=timeout)
 
 
+def sigint_interrupts() -> None:
+    """`preexec_fn` of a child that a test stops with SIGINT (Ctrl-C): a suite started in the background of a
+    shell without job control (`nohup make test &`) inherits SIGINT ignored, and Python keeps an ignored
+    SIGINT ignored, so the child would never see the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class MlflowServer:
     """A real `mlflow server` subprocess with a sqlite backend and a local artifact store."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sigint_interrupts
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -109,7 +110,7 @@ def test_interrupted_run_is_killed_and_resumes(env, workdir, tracking_uri):
     args = ["train", "-c", "quick", "--set", "model.hidden_dims=[32]", "--set", "training.max_epochs=400",
             "--set", "training.patience=null", "--no-report"]
     proc = subprocess.Popen([sys.executable, "-m", "mixvae", *args], env=env, cwd=workdir, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_interrupts)
     deadline = time.time() + 240
     seen = []
     while time.time() < deadline:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from conftest import sigint_interrupts
 from mixvae.config import ConfigError, load_config
 from mixvae.sweep.space import distributions, load_space, set_item
 
@@ -193,7 +194,8 @@ def test_ctrl_c_ends_the_trial_run_and_the_parent_killed(tracking_uri, subproces
     proc = subprocess.Popen([sys.executable, "-m", "mixvae", "sweep", "quick", "--space", str(space), "--trials", "3",
                              "--set", "training.max_epochs=400", "--set", "training.patience=null", *FAST,
                              "--storage", str(tmp_path / "study.log")], env=subprocess_env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_interrupts)
     deadline, seen = time.time() + 240, []
     while time.time() < deadline:
         line = proc.stderr.readline()
