@@ -123,7 +123,15 @@ def test_seeds_are_refused_in_a_job_before_it_is_joined(subprocess_env, local_st
     proc = subprocess.run([sys.executable, "-m", "mixvae", "train", "-c", "quick", "--seeds", "0,1",
                            *_sets("training.devices=auto")], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"--resume, --seeds and sweeps train in a single process; unset {ENV_COUNT} for them" in proc.stderr
+    assert f"--seeds trains in a single process; unset {ENV_COUNT} for it" in proc.stderr
+    from mlflow import MlflowClient
+    client = MlflowClient(local_store)  # refused before the seed group's parent run existed
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    space = Path("space.yaml")
+    space.write_text("model.kl_c_weight: {type: float, low: 0.1, high: 1.0}\n")
+    proc = subprocess.run([sys.executable, "-m", "mixvae", "sweep", "quick", "--space", str(space)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"a sweep trains in a single process; unset {ENV_COUNT}" in proc.stderr
 
 
 # --- two processes train one run ------------------------------------------------------------------------

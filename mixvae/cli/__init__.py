@@ -17,7 +17,8 @@ import click
 
 from mixvae import __version__
 from mixvae.paths import shown
-from mixvae.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, State, _fail, _out  # noqa: F401
+from mixvae.cli.common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, State, _fail,  # noqa: F401
+                               _out, refuse_in_job)
 from mixvae.cli.sweep import sweep as sweep_command
 from mixvae.tracking.sync import sync_command
 
@@ -235,6 +236,7 @@ def train(state: State, config, sets, overrides, validate_only, strict, seeds, r
     kw = dict(cli_uri=state.tracking_uri, experiment_from_cli=bool(experiment_name),
               run_name_explicit=bool(run_name), verbose=state.verbose)
     if seeds:
+        refuse_in_job(state, "--seeds")
         try:
             seed_list = _parse_seeds(seeds)
         except ValueError:

@@ -26,3 +26,15 @@ def _out(line: str) -> None:
 def _fail(state: State, message: str, code: int) -> None:
     state.console.error(message)
     sys.exit(code)
+
+
+def refuse_in_job(state: State, what: str) -> None:
+    """Exit 2 before anything is opened when the environment puts this process in a job of several: ``what``
+    (--seeds, a sweep) trains run after run in a single process."""
+    from mixvae.processes import ENV_COUNT, JobError, from_env
+    try:
+        in_job = from_env() is not None
+    except JobError:
+        in_job = True
+    if in_job:
+        _fail(state, f"{what} trains in a single process; unset {ENV_COUNT} for it", EXIT_USAGE)

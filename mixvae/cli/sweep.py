@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from mixvae.cli.common import EXIT_RUNTIME, EXIT_USAGE, State, _fail, _out
+from mixvae.cli.common import EXIT_RUNTIME, EXIT_USAGE, State, _fail, _out, refuse_in_job
 from mixvae.paths import shown
 
 
@@ -95,6 +95,7 @@ def sweep(state: State, config, space_path, trials, timeout, metric, direction, 
     from mixvae.sweep.trial import Sweep
     from mixvae.tracking_uri import check_uri, resolve_tracking_uri
 
+    refuse_in_job(state, "a sweep")
     shortcuts = {"tracking.experiment_name": experiment_name} if experiment_name else {}
     if no_trial_reports:
         shortcuts["tracking.report"] = False
