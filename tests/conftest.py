@@ -105,6 +105,19 @@ def sigint_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def interrupt_after(proc: subprocess.Popen, prefix: str, timeout: float = 240.0) -> list[str]:
+    """Read the child's stderr until a line starts with ``prefix`` (at most ``timeout`` s), then press Ctrl-C
+    (SIGINT). → the lines read, for the failure message."""
+    deadline, seen = time.time() + timeout, []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.startswith(prefix):
+            break
+    proc.send_signal(signal.SIGINT)
+    return seen
+
+
 class MlflowServer:
     """A real `mlflow server` subprocess with a sqlite backend and a local artifact store."""
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sigint_interrupts
+from conftest import interrupt_after, sigint_interrupts
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -111,14 +109,7 @@ def test_interrupted_run_is_killed_and_resumes(env, workdir, tracking_uri):
             "--set", "training.patience=null", "--no-report"]
     proc = subprocess.Popen([sys.executable, "-m", "mixvae", *args], env=env, cwd=workdir, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=sigint_interrupts)
-    deadline = time.time() + 240
-    seen = []
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if line.startswith("epoch 3/"):
-            break
-    proc.send_signal(signal.SIGINT)
+    seen = interrupt_after(proc, "epoch 3/")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen) + err[-2000:]
     fields = stdout_fields(out)

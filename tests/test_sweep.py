@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import sigint_interrupts
+from conftest import interrupt_after, sigint_interrupts
 from mixvae.config import ConfigError, load_config
 from mixvae.sweep.space import distributions, load_space, set_item
 
@@ -188,21 +188,13 @@ def test_two_workers_share_one_study_and_one_parent(tracking_uri, subprocess_env
 @pytest.mark.slow
 @pytest.mark.server
 def test_ctrl_c_ends_the_trial_run_and_the_parent_killed(tracking_uri, subprocess_env, tmp_path):
-    import signal
-    import time
     space = write_space(tmp_path / "space.yaml", {"model.kl_c_weight": {"type": "float", "low": 0.1, "high": 1.0}})
     proc = subprocess.Popen([sys.executable, "-m", "mixvae", "sweep", "quick", "--space", str(space), "--trials", "3",
                              "--set", "training.max_epochs=400", "--set", "training.patience=null", *FAST,
                              "--storage", str(tmp_path / "study.log")], env=subprocess_env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=sigint_interrupts)
-    deadline, seen = time.time() + 240, []
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if line.startswith("epoch 3/"):
-            break
-    proc.send_signal(signal.SIGINT)
+    seen = interrupt_after(proc, "epoch 3/")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen) + err[-2000:]
     assert "Traceback" not in err

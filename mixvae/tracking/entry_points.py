@@ -8,9 +8,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixvae.tracking.artifacts import download_artifact
-from mixvae.tracking.connection import connect, short_reason
+from mixvae.tracking.artifacts import download_artifact, upload_files
+from mixvae.tracking.connection import connect
 from mixvae.tracking.record import resolve_run_id
+from mixvae.tracking.writer import TrackingError
 from mixvae.tracking_uri import redact_uri, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -32,15 +33,12 @@ def log_entry_point_files(run_id: str, uri: str, paths: list[Path], *, kind: str
                           extra_tags: dict[str, str] | None = None) -> None:
     """Under `mlflow run -e report|compare`: log the produced files to the entry point's own run
     (best effort: the files are already on disk, so a failed upload is only logged)."""
-    client = connect(uri)
     for path in map(Path, paths):
         try:
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), path.name)
-            elif path.exists():
-                client.log_artifact(run_id, str(path))
-        except Exception as exc:
-            log.warning("upload %s failed: %s", path, short_reason(exc))
+            upload_files(run_id, [path], uri)
+        except TrackingError as exc:
+            log.warning("%s", exc)
+    client = connect(uri)
     client.set_tag(run_id, "mixvae.kind", kind)
     for key, value in (extra_tags or {}).items():
         client.set_tag(run_id, key, value)
