@@ -80,17 +80,30 @@ def deliver(client: MlflowClient, run_id: str, call: dict, spool: Spool) -> None
     elif op == "artifacts":
         client.log_artifacts(run_id, str(spool.file(call)), call.get("artifact_dir"))
     elif op == "inputs":
-        client.log_inputs(run_id, datasets=[
-            DatasetInput(dataset=Dataset(d["name"], d["digest"], d["source_type"], d["source"], d["schema"],
-                                         d["profile"]),
-                         tags=[InputTag(key=CONTEXT_TAG, value=str(d["context"]))])
-            for d in call["datasets"]])
+        datasets = [DatasetInput(dataset=Dataset(d["name"], d["digest"], d["source_type"], d["source"], d["schema"],
+                                                 d["profile"]),
+                                 tags=[InputTag(key=CONTEXT_TAG, value=str(d["context"]))])
+                    for d in call["datasets"]]
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+        except Exception as exc:
+            if not _lost_dataset_race(exc):
+                raise
+            client.log_inputs(run_id, datasets=datasets)  # the dataset exists now: only the run's link is added
     elif op == "status":
         if call.get("reason"):
             client.set_tag(run_id, STATUS_REASON_TAG, call["reason"][:5000])
         client.set_terminated(run_id, call["status"], end_time=call.get("end_time"))
     else:
         raise ValueError(f"unknown spooled call {op!r}")
+
+
+def _lost_dataset_race(exc: BaseException) -> bool:
+    """Several runs logged the same dataset into a new experiment at once: MLflow's database store looks
+    the dataset up, finds none, and inserts it, so all but the first insert break its unique key and the
+    whole call is rolled back. Made again, the call finds the dataset and succeeds."""
+    text = str(exc)
+    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text.lower())
 
 
 # -- outage or refusal ------------------------------------------------------------------------
