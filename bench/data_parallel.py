@@ -30,19 +30,11 @@ common.select_platform()
 
 
 def measure(name: str, overrides: list[str], devices: int, run_dir: Path) -> dict:
-    from mixvae.config import load_config
+    """bench/throughput.py's measurement of one config, with `training.devices` set to ``devices``."""
+    from throughput import load, train_for
 
-    loaded = load_config(name, overrides + [f"training.devices={devices}"])
-    trainer = common.make_trainer(loaded, run_dir)
-    compile_s = trainer.compile()
-    result = trainer.run()
-    if result.status != "FINISHED":
-        raise RuntimeError(f"training on {devices} device(s) ended {result.status}: {result.reason}")
-    m = result.summary_metrics
-    return {"steps_per_sec": m["training.steps_per_sec"], "compile_s": compile_s,
-            "epoch_s": trainer.timings["epochs"] / max(result.epochs_completed, 1),
-            "steps": trainer.fns.steps, "epochs": result.epochs_completed, "n_train": trainer.ds.n_train,
-            "batch": loaded.config.training.batch_size, "host_loop": trainer.fns.host_loop}
+    loaded = load(name, overrides + [f"training.devices={devices}"])
+    return {**train_for(loaded, run_dir), "batch": loaded.config.training.batch_size}
 
 
 def data_overrides(config: str, tmp: Path, quick: bool) -> tuple[list[str], str]:
@@ -91,7 +83,7 @@ def main() -> None:
             r = measure(args.config, overrides, n, tmp / f"devices-{n}")
             rates[n] = r["steps_per_sec"]
             config = (f"{what}, training.devices {n} of {local}, batch {r['batch']} "
-                      f"({r['batch'] // n} per device), train {r['n_train']}, {r['steps']} steps/epoch, "
+                      f"({r['batch'] // n} per device), train {r['n_train']}, {r['steps_per_epoch']} steps/epoch, "
                       f"{r['epochs']} epochs{', host-driven epoch' if r['host_loop'] else ''}")
             results.emit(config, "training.steps_per_sec", r["steps_per_sec"], "steps/s")
             results.emit(config, "images_per_sec", r["steps_per_sec"] * r["batch"], "images/s")

@@ -61,6 +61,7 @@ def train_for(loaded, run_dir: Path) -> dict:
         "train_epoch_s": trainer.fns.steps / m["training.steps_per_sec"],  # inside the epoch function
         "final_evaluation_s": trainer.timings["final_evaluation"],
         "steps_per_epoch": trainer.fns.steps,
+        "host_loop": trainer.fns.host_loop,
         "epochs": result.epochs_completed,
         "n_train": trainer.ds.n_train,
         "n_val": trainer.ds.n_val,
