@@ -364,14 +364,39 @@ def test_every_component_decoded_blends_to_the_recon(layout):
     assert run._cache_size() == 1
 
 
-@pytest.mark.parametrize("shape,c_in,c_out", [((4, 7, 7, 8), 8, 4), ((3, 2, 3, 5), 5, 6), ((2, 1, 1, 3), 3, 2)])
-def test_zero_insertion_equals_the_transposed_convolution(shape, c_in, c_out):
-    """The decoder's stride-2 upsampling is nnx.ConvTranspose computed a faster way: same values."""
+@pytest.mark.parametrize("shape,c_in,c_out", [((4, 7, 7, 8), 8, 4), ((3, 2, 3, 5), 5, 6), ((2, 1, 1, 3), 3, 2),
+                                               ((2, 14, 14, 16), 16, 8)])
+def test_sub_pixel_form_equals_the_transposed_convolution(shape, c_in, c_out):
+    """The decoder's stride-2 upsampling is nnx.ConvTranspose computed a faster way: same values, and
+    the same gradients with respect to the input, the kernel and the bias."""
     from mixvae.model.networks import transposed_conv
     layer = nnx.ConvTranspose(c_in, c_out, (3, 3), strides=2, padding="SAME", rngs=nnx.Rngs(1))
     layer.bias[...] = jax.random.normal(jax.random.PRNGKey(3), (c_out,))
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    weights = jax.random.normal(jax.random.PRNGKey(4), (shape[0], 2 * shape[1], 2 * shape[2], c_out))
     expected = layer(x)
     got = transposed_conv(layer, x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+    graphdef, params = nnx.split(layer)
+
+    def loss(params, x, form):
+        return jnp.sum(weights * form(nnx.merge(graphdef, params), x))
+    want = jax.grad(loss, argnums=(0, 1))(params, x, lambda m, x: m(x))
+    have = jax.grad(loss, argnums=(0, 1))(params, x, transposed_conv)
+    pairs = [("kernel", have[0]["kernel"][...], want[0]["kernel"][...]),
+             ("bias", have[0]["bias"][...], want[0]["bias"][...]), ("input", have[1], want[1])]
+    for name, a, b in pairs:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["conv", "transposed"])
+def test_stride_one_layers_as_matmuls_equal_the_layers(kind):
+    """Inside the rematerialised decode loop the stride-1 3×3 layers run as one matmul: same values."""
+    from mixvae.model.networks import conv3x3
+    make = nnx.Conv if kind == "conv" else nnx.ConvTranspose
+    layer = make(6, 5, (3, 3), strides=1, padding="SAME", rngs=nnx.Rngs(2))
+    layer.bias[...] = jax.random.normal(jax.random.PRNGKey(5), (5,))
+    x = jax.random.normal(jax.random.PRNGKey(6), (3, 7, 6, 6))
+    np.testing.assert_allclose(np.asarray(conv3x3(layer, x)), np.asarray(layer(x)), rtol=1e-5, atol=1e-5)

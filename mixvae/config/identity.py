@@ -10,12 +10,14 @@ from mixvae.config.schema import Config
 
 
 def config_hash(cfg: Config, with_seed: bool = True) -> str:
-    """What the run computes, hashed: neither naming, tracking nor the device count (one device or
-    several give the same results within float tolerance, and the hash of every config stays the same)."""
+    """What the run computes, hashed: neither naming, tracking, the device count nor the decode chunks
+    (one device or several, one chunk or several, give the same results within float tolerance, and
+    the hash of every config stays the same)."""
     d = to_dict(cfg)
     d.pop("experiment")
     d.pop("tracking")
     d["training"].pop("devices")
+    d["training"].pop("decode_chunks")
     if not with_seed:
         d["training"].pop("seed")
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))

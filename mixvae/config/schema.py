@@ -247,6 +247,9 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(5, ge=1)
     # Data parallelism: the batch is split over this many local devices ('auto': all of them).
     devices: Literal["auto"] | int = 1
+    # Memory for speed: decode each batch's (image, component) items in this many chunks, each
+    # recomputed in the backward pass instead of kept (rematerialisation). 1 = all at once, kept.
+    decode_chunks: int = Field(1, ge=1)
 
     @field_validator("devices", mode="before")
     @classmethod

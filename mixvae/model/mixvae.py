@@ -51,6 +51,7 @@ class ModelSpec:
     classifier: str | None          # 'tau' | 'head' | None
     dropout_rate: float
     latent_kl_weighting: str        # 'responsibility' | 'uniform' (decentralized layout)
+    decode_chunks: int = 1          # decoded items split into this many rematerialised chunks
 
     @property
     def is_mixture_based(self) -> bool:
@@ -105,6 +106,7 @@ class ModelSpec:
             classifier=classifier,
             dropout_rate=float(m.dropout_rate),
             latent_kl_weighting=m.latent_kl_weighting,
+            decode_chunks=int(cfg.training.decode_chunks),
         )
 
 
@@ -234,10 +236,35 @@ class MixVAE(nnx.Module):
         return mean, logvar
 
     def decode(self, z: jax.Array, embedding: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
-        """Latents [N, D] (and embeddings [N, E]) → (out [N, H, W, Ch], σ or None)."""
-        h = self.decoder(z)
+        """Latents [N, D] (and embeddings [N, E]) → (out [N, H, W, Ch], σ or None).
+
+        With ``training.decode_chunks`` = C > 1 the N items are decoded in a loop over C chunks, each
+        under rematerialisation: the backward pass recomputes one chunk's decoder activations when it
+        needs them instead of keeping all N decodes' activations from the forward pass. The values
+        are the same; peak memory falls, at the price of one more decoder forward pass (on the CPU the
+        smaller working set often makes it faster too: docs/performance.md).
+        """
+        n, chunks = z.shape[0], min(self.spec.decode_chunks, z.shape[0])
+        if chunks <= 1:
+            return self._decode_once(z, embedding)
+        graphdef, state = nnx.split(self)
+        size = -(-n // chunks)
+
+        @jax.checkpoint
+        def decode_chunk(items):
+            return nnx.merge(graphdef, state)._decode_once(*items, as_matmuls=True)
+
+        def chunked(a):  # [N, …] → [C, size, …], padded with zeros (decoded, then dropped)
+            return jnp.pad(a, ((0, chunks * size - n),) + ((0, 0),) * (a.ndim - 1)).reshape(chunks, size, *a.shape[1:])
+        out, sigma = jax.lax.map(decode_chunk, (chunked(z), None if embedding is None else chunked(embedding)))
+        out = out.reshape(chunks * size, *out.shape[2:])[:n]
+        return out, None if sigma is None else sigma.reshape(chunks * size, *sigma.shape[2:])[:n]
+
+    def _decode_once(self, z: jax.Array, embedding: jax.Array | None,
+                     as_matmuls: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        h = self.decoder(z, as_matmuls)
         h = self.conditioning(h, embedding)
-        return self.output_head(h)
+        return self.output_head(h, as_matmuls)
 
     def decode_items(self, z_items: jax.Array, e_items: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         """(image, component) pairs: latents [B, M, D], embeddings [B, M, E] → out [B, M, H, W, Ch], σ.

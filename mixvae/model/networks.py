@@ -125,31 +125,66 @@ class DecoderBackbone(nnx.Module):
         else:
             raise ValueError(f"model.decoder_type must be 'dense' or 'conv' (got {decoder_type!r})")
 
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, as_matmuls: bool = False) -> jax.Array:
+        """``as_matmuls``: stride-1 layers as ``conv3x3`` matmuls too (see ``conv3x3``)."""
         h = self.dense(z)
         if self.decoder_type == "conv":
             h = jax.nn.leaky_relu(self.to_map(h), CONV_SLOPE)
             h = h.reshape(h.shape[0], self.seed_hw[0], self.seed_hw[1], self.seed_channels)
             for deconv in self.deconvs:
-                h = jax.nn.leaky_relu(transposed_conv(deconv, h), CONV_SLOPE)
+                h = jax.nn.leaky_relu(transposed_conv(deconv, h, as_matmuls), CONV_SLOPE)
         return h
 
 
-def transposed_conv(layer: nnx.ConvTranspose, h: jax.Array) -> jax.Array:
-    """``layer(h)``, computed for stride 2 as zero insertion followed by a stride-1 convolution.
+def conv3x3(layer: nnx.Conv | nnx.ConvTranspose, h: jax.Array) -> jax.Array:
+    """A 3×3 stride-1 SAME layer (``nnx.Conv``, or ``nnx.ConvTranspose``, which at stride 1 is the
+    same correlation) as one matmul: the nine shifted copies of the zero-padded input side by side
+    ([N·H·W, 9·C_in]) times the kernel ([9·C_in, C_out]). Equal to ``layer(h)`` up to float rounding
+    (a test). XLA:CPU runs convolutions inside a loop several times slower than on their own, so the
+    rematerialised decode (``training.decode_chunks``), which loops over chunks, uses this form.
+    """
+    n, height, width, c_in = h.shape
+    padded = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    columns = jnp.concatenate([padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)], axis=-1)
+    kernel = layer.kernel[...]
+    out = columns.reshape(-1, 9 * c_in) @ kernel.reshape(9 * c_in, kernel.shape[-1])
+    return out.reshape(n, height, width, kernel.shape[-1]) + layer.bias[...]
 
-    The same operator as ``nnx.ConvTranspose`` (3×3, SAME; equal up to float rounding, a test checks
-    it), but its gradient avoids XLA:CPU's slow input-dilated convolution: about 3× faster on the CPU
-    (docs/performance.md). Stride 1 needs no dilation and uses the layer as it is.
+
+def transposed_conv(layer: nnx.ConvTranspose, h: jax.Array, as_matmuls: bool = False) -> jax.Array:
+    """``layer(h)``, computed for stride 2 in sub-pixel form: one matmul, then each output phase sums
+    the kernel taps that reach it.
+
+    A 3×3 stride-2 transposed convolution (SAME) writes x[j]·K[t] into output pixel 2j + t − 1 along
+    each axis. So every input pixel is multiplied once by all nine taps (a [N·H·W, C_in] × [C_in, 9·C_out]
+    matmul, Y), and the four output phases (even/odd row × even/odd column) are sums of shifted slices
+    of Y: out[2j, 2k] = Y₀₀[j−1, k−1] + Y₀₂[j−1, k] + Y₂₀[j, k−1] + Y₂₂[j, k], out[2j, 2k+1] =
+    Y₀₁[j−1, k] + Y₂₁[j, k], out[2j+1, 2k] = Y₁₀[j, k−1] + Y₁₂[j, k], out[2j+1, 2k+1] = Y₁₁[j, k].
+    It is the operator of ``nnx.ConvTranspose`` (equal up to float rounding, values and gradients: a
+    test checks it) without the three quarters of zeros that dilating the input feeds the kernel, and
+    its gradient is two matmuls instead of XLA:CPU's slow input-dilated convolution
+    (docs/performance.md). Stride 1 runs the layer as it is, or ``conv3x3`` with ``as_matmuls``;
+    other kernel sizes run the layer as it is.
     """
     strides = layer.strides if isinstance(layer.strides, (tuple, list)) else (layer.strides,) * 2
-    if tuple(strides) != (2, 2) or tuple(layer.kernel_size) != (3, 3):
+    if tuple(layer.kernel_size) != (3, 3) or tuple(strides) not in ((1, 1), (2, 2)):
         return layer(h)
-    n, height, width, c = h.shape
-    up = jnp.stack([h, jnp.zeros_like(h)], axis=2).reshape(n, 2 * height, width, c)      # x0 0 x1 0 …
-    up = jnp.stack([up, jnp.zeros_like(up)], axis=3).reshape(n, 2 * height, 2 * width, c)
-    out = jax.lax.conv_general_dilated(up, layer.kernel[...], (1, 1), ((2, 0), (2, 0)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if tuple(strides) == (1, 1):
+        return conv3x3(layer, h) if as_matmuls else layer(h)
+    n, height, width, c_in = h.shape
+    kernel = layer.kernel[...]                                   # [3, 3, C_in, C_out]
+    c_out = kernel.shape[-1]
+    taps = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in, 9 * c_out)
+    y = (h.reshape(-1, c_in) @ taps).reshape(n, height, width, 3, 3, c_out)
+    y = jnp.pad(y, ((0, 0), (1, 0), (1, 0), (0, 0), (0, 0), (0, 0)))  # y[:, j] is Y[j − 1]; Y[−1] = 0
+    above, here = y[:, :-1], y[:, 1:]                             # input rows j − 1 and j
+    even_even = above[:, :, :-1, 0, 0] + above[:, :, 1:, 0, 2] + here[:, :, :-1, 2, 0] + here[:, :, 1:, 2, 2]
+    even_odd = above[:, :, 1:, 0, 1] + here[:, :, 1:, 2, 1]
+    odd_even = here[:, :, :-1, 1, 0] + here[:, :, 1:, 1, 2]
+    odd_odd = here[:, :, 1:, 1, 1]
+    even_rows = jnp.stack([even_even, even_odd], axis=3)        # [N, H, W, 2, C_out]: columns interleaved
+    odd_rows = jnp.stack([odd_even, odd_odd], axis=3)
+    out = jnp.stack([even_rows, odd_rows], axis=2).reshape(n, 2 * height, 2 * width, c_out)
     return out + layer.bias[...]
 
 
@@ -229,19 +264,20 @@ class OutputHead(nnx.Module):
             return nnx.Conv(in_features, channels, (3, 3), padding="SAME", rngs=rngs)
         return nnx.Linear(in_features, height * width * channels, rngs=rngs)
 
-    def _pixels(self, head: nnx.Module, h: jax.Array) -> jax.Array:
+    def _pixels(self, head: nnx.Module, h: jax.Array, as_matmuls: bool) -> jax.Array:
         height, width, channels = self.image_shape
-        y = head(h)
+        y = conv3x3(head, h) if as_matmuls and self.decoder_type == "conv" else head(h)
         if self.decoder_type == "conv":
             return y[:, :height, :width, :]
         return y.reshape(h.shape[0], height, width, channels)
 
-    def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        out = self._pixels(self.mean_head, h)
+    def __call__(self, h: jax.Array, as_matmuls: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        """``as_matmuls``: a conv head as a ``conv3x3`` matmul."""
+        out = self._pixels(self.mean_head, h, as_matmuls)
         if self.sigma_head is None:
             return out, None
         if self.sigma_granularity == "pixel":
-            raw = self._pixels(self.sigma_head, h)
+            raw = self._pixels(self.sigma_head, h, as_matmuls)
         else:
             pooled = jnp.mean(h, axis=(1, 2)) if h.ndim == 4 else h  # global average pooling (conv)
             raw = self.sigma_head(pooled)[:, 0]
