@@ -81,3 +81,22 @@ class Console:
 
     def log_text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+PHASE_NAMES = {"startup": "start-up: interpreter, imports, config checks", "data": "data",
+               "build": "build the model, optimiser and trainer",
+               "store": "open the MLflow run (compiling meanwhile)", "compile": "compile (the wait for it)",
+               "epochs": "epochs", "final_evaluation": "final evaluation", "model": "model logging",
+               "report": "report"}
+
+
+def phase_table(phases: dict[str, float], total: float) -> list[str]:
+    """Where the wall time of a run went, one line per phase: the named phases in order, then what
+    no phase covers (parameters, tags, closing the run), then the process's total."""
+    rows = [(PHASE_NAMES.get(name, name), seconds) for name, seconds in phases.items()]
+    rows.append(("the rest: params, tags, checkpoints upload, closing the run", total - sum(phases.values())))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'phase':<{width}}  seconds  share"]
+    lines += [f"{name:<{width}}  {seconds:7.2f}  {100 * seconds / max(total, 1e-9):4.0f} %" for name, seconds in rows]
+    lines.append(f"{'total (process start to exit)':<{width}}  {total:7.2f}")
+    return lines

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixvae import __version__, job, paths
+from mixvae import __version__, job, paths, reporting
 from mixvae.config import (Loaded, architecture_code, config_hash, flatten, model_summary_line, to_yaml)
 from mixvae.console import Console
 from mixvae.tracking_uri import redact, redact_uri, ui_link
@@ -138,12 +138,18 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
     from mixvae.tracking_uri import check_uri, resolve_tracking_uri
 
     t_start = time.perf_counter()
-    phases: dict[str, float] = {}
+    phases: dict[str, float] = {"startup": _startup_seconds()}
     ds = _load_data(loaded.config, console, phases)
     uri, uri_source = resolve_tracking_uri(cli_uri, loaded.config.tracking.uri)
     problem = check_uri(uri) or job.join_job(loaded.config, bool(resume_run_id or nested_parent_id))
     if problem:
         raise UsageError(problem)
+    trainer = None
+    if job.from_env() is None and resume_dir is None:  # compile while the MLflow run is opened
+        from mixvae.train.loop import Trainer
+        with _Phase(phases, "build"):
+            trainer = Trainer(loaded, ds, None, console, run_dir=None, t_start=t_start)
+            trainer.compile_in_background()
     try:
         with _Phase(phases, "store"):  # in a job of several processes only process 0 opens the run
             loaded, console, writer, run_dir = job.open_in_job(loaded, console, lambda: _open_run(
@@ -156,9 +162,24 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
     run = _Run(loaded, ds, writer, console, uri, uri_source, run_dir, t_start,
                Outcome(EXIT_RUNTIME, run_id=writer.run_id, phases=phases), verbose, epoch_hook)
     try:
-        return _train_in_run(run, resume_dir, resume_overrides)
+        return _train_in_run(run, resume_dir, resume_overrides, trainer)
     finally:
         writer.close(timeout=30)
+
+
+_STARTED = []  # set by the first training of the process: later ones (a sweep's trials) have no start-up
+
+
+def _startup_seconds() -> float:
+    """Seconds from the process's start to its first training (interpreter, imports, config checks)."""
+    if _STARTED:
+        return 0.0
+    _STARTED.append(True)
+    try:
+        import psutil
+        return max(time.time() - psutil.Process().create_time(), 0.0)
+    except Exception:  # pragma: no cover - no process start time: the table starts at train()
+        return 0.0
 
 
 def _load_data(cfg, console: Console, phases: dict) -> object:
@@ -192,13 +213,18 @@ def _open_run(loaded: Loaded, ds, uri: str, *, run_name_explicit: bool, experime
     return OwnedWriter(writer, skip_epochs=resume_logged)
 
 
-def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str] | None) -> Outcome:
-    """The steps inside an open run: log inputs → train → finish → log model → report → status."""
+def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str] | None, trainer) -> Outcome:
+    """The steps inside an open run: log inputs → train → finish → log model → report → status.
+    ``trainer``: one already compiling (in the background), or None to build it here."""
     from mixvae.train.loop import Trainer
 
     _log_inputs(run, resume_dir, resume_overrides)
     _print_run_header(run)
-    trainer = Trainer(run.loaded, run.ds, run.writer, run.console, run_dir=run.run_dir, t_start=run.t_start)
+    if trainer is None:
+        with _Phase(run.out.phases, "build"):
+            trainer = Trainer(run.loaded, run.ds, run.writer, run.console, run_dir=run.run_dir, t_start=run.t_start)
+    else:
+        trainer.attach(run.writer, run.run_dir)
     trainer.epoch_hook = run.epoch_hook
     _print_training_header(run, trainer)
     if resume_dir is not None:
@@ -276,8 +302,8 @@ def _train(run: _Run, trainer):
     status, reason, result = "FAILED", None, None
     with _Sigterm():
         try:
-            with _Phase(run.out.phases, "compile"):
-                seconds = trainer.compile()
+            with _Phase(run.out.phases, "compile"):  # with a background compilation: the wait for it
+                seconds = trainer.compiled_in_background() if trainer.started_compiling else trainer.compile()
             run.console.print(f"compiling … done in {seconds:.1f} s")
             result = trainer.run()
             run.out.phases.update(trainer.timings)
@@ -395,8 +421,9 @@ def _report(run: _Run, status: str) -> bool:
     cfg = run.cfg
     try:
         t_report = time.perf_counter()
-        report_path, _ = build_report_for_run(run.run_id, run.uri, cfg.tracking.report_dir, html=cfg.tracking.html,
-                                              console=run.console, writer=run.writer, final_status=status)
+        report_path, _ = reporting.build_report_for_run(run.run_id, run.uri, cfg.tracking.report_dir,
+                                                        html=cfg.tracking.html, console=run.console,
+                                                        writer=run.writer, final_status=status)
         run.out.phases["report"] = time.perf_counter() - t_report
         run.out.stdout.append(f"report={paths.shown(report_path)}")
         run.console.print(f"report      {paths.shown(report_path)}")
@@ -407,51 +434,6 @@ def _report(run: _Run, status: str) -> bool:
                           f"retry with mixvae report {run.run_id}")
         return False
     return True
-
-
-def build_report_for_run(run_id: str, uri: str, report_dir: str, *, html: bool, console: Console | None,
-                         writer=None, final_status: str | None = None, out_dir: Path | None = None,
-                         upload: bool = True) -> tuple[Path, str]:
-    """The one report path: load the run from MLflow, build figures and REPORT.md, log them back.
-    Returns (path of REPORT.md, full run id)."""
-    from mixvae.report import build_report
-    from mixvae.tracking.artifacts import upload_dir
-    from mixvae.tracking.record import load_run
-
-    if writer is not None:
-        writer.flush()
-    record = load_run(run_id, uri)
-    if final_status:  # built just before the run is ended: show the status and end it will get
-        record.status = final_status
-        record.end_time = record.end_time or int(time.time() * 1000)
-    out_dir = Path(out_dir or paths.under_work_dir(report_dir) / record.run_id)
-    started = time.perf_counter()
-
-    def progress(done, total, name):
-        if console is not None:
-            console.bar(done, total, started, "plots")
-    result = build_report(record, out_dir, html=html, progress=progress)
-    if console is not None:
-        console.end_bar()
-    if upload:
-        upload_dir(record.run_id, out_dir, None, uri=uri)
-    return Path(result.report_md), record.run_id
-
-
-def build_sweep_report_for_run(parent_id: str, uri: str, report_dir: str, *, html: bool, out_dir: Path | None = None,
-                               upload: bool = True, final_status: str | None = None) -> Path:
-    """A sweep's report from its parent run and trial runs in MLflow, logged back to the parent → REPORT.md."""
-    from mixvae.report.sweep import build_sweep_report
-    from mixvae.tracking.artifacts import upload_files
-    from mixvae.tracking.sweep_record import load_sweep
-    record = load_sweep(parent_id, uri)
-    if final_status:  # built just before the parent is ended: show the status and end it will get
-        record.status, record.end_time = final_status, record.end_time or int(time.time() * 1000)
-    out = Path(out_dir or paths.under_work_dir(report_dir) / record.run_id)
-    report_md = build_sweep_report(record, out, html=html)
-    if upload:
-        upload_files(record.run_id, [report_md, out / "figures"] + [out / "REPORT.html"] * html, uri=uri)
-    return report_md
 
 
 def prediction_keys(cfg, num_labeled: int) -> list[str]:
@@ -485,9 +467,17 @@ def _close(run: _Run, status: str, reason: str | None, code: int) -> Outcome:
         code = EXIT_RUNTIME
     out.status = status
     out.exit_code = code
-    console.debug("phases " + json.dumps({k: round(v, 3) for k, v in out.phases.items()}))
+    _print_phases(console, out.phases, run.t_start)
     out.stdout = [f"run_id={out.run_id}", f"status={status}"] + out.stdout
     return out
+
+
+def _print_phases(console: Console, phases: dict, t_start: float) -> None:
+    """With -v: the phases as one JSON line (bench/ reads it) and as a table for people."""
+    from mixvae.console import phase_table
+    console.debug("phases " + json.dumps({k: round(v, 3) for k, v in phases.items()}))
+    for line in phase_table(phases, phases.get("startup", 0.0) + time.perf_counter() - t_start):
+        console.debug("  " + line)
 
 
 def _failure_reason(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from mixvae.cli import main
-from mixvae.run import build_sweep_report_for_run
+from mixvae.reporting import build_sweep_report_for_run
 from mixvae.tracking import sweep_record
 from mixvae.tracking.sweep_record import load_sweep, sweep_parent_id, typed_value
 from mixvae.tracking.writer import RunNotFound

@@ -300,7 +300,7 @@ def _train_seeds(state: State, loaded, seeds: list[int], kw: dict) -> None:
 def report(state: State, run_id, out_dir, no_upload, no_html):
     """Rebuild figures, REPORT.md and REPORT.html of RUN_ID from the MLflow run alone (a sweep's parent run:
     the sweep report, from the parent and its trial runs)."""
-    from mixvae.run import build_report_for_run, build_sweep_report_for_run
+    from mixvae.reporting import build_report_for_run, build_sweep_report_for_run
     from mixvae.tracking.sweep_record import sweep_parent_id
     from mixvae.tracking_uri import resolve_tracking_uri
     from mixvae.tracking.writer import RunNotFound, TrackingError

@@ -184,7 +184,7 @@ def _finish(study, sweep: Sweep, result: SweepResult, interrupted: bool) -> None
 def _report(sweep: Sweep, status: str) -> Path | None:
     """The sweep report, built from the parent run alone (as `mixvae report PARENT_ID` would), showing the
     status the parent is about to end with."""
-    from mixvae.run import build_sweep_report_for_run
+    from mixvae.reporting import build_sweep_report_for_run
     try:
         return build_sweep_report_for_run(sweep.parent_id, sweep.uri, sweep.report_dir, html=True, out_dir=None,
                                           upload=True, final_status=status)

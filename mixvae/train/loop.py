@@ -11,8 +11,11 @@ MLflow: it reports through a ``RunWriter`` (``mixvae.tracking.writer``). Host wo
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,10 +69,11 @@ class TrainResult:
 class Trainer:
     """One run's model, compiled functions and state."""
 
-    def __init__(self, loaded, ds, writer, console, *, run_dir: Path, t_start: float | None = None):
+    def __init__(self, loaded, ds, writer, console, *, run_dir: Path | None, t_start: float | None = None):
+        """``writer`` and ``run_dir`` may come later (``attach``): the trainer can compile before the run exists."""
         self.loaded, self.cfg, self.ds = loaded, loaded.config, ds
-        self.writer, self.console = writer, console
-        self.run_dir = Path(run_dir)
+        self.writer, self.console = None, console
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.t_start = t_start or time.perf_counter()
         cfg, t = self.cfg, self.cfg.training
         self.k = cfg.model.num_components
@@ -77,7 +81,6 @@ class Trainer:
         self.root = jax.random.PRNGKey(t.seed)
         # The devices: batches split over them, everything else replicated (one device: left as is).
         self.placement = place = Placement.from_config(cfg)
-        writer.set_tags({"mixvae.devices": str(place.count), "mixvae.processes": str(jax.process_count())})
         self.keys = place.replicate({name: jax.random.fold_in(self.root, s) for name, s in
                                      (("init", STREAM_INIT), ("shuffle", STREAM_SHUFFLE), ("steps", STREAM_STEPS),
                                       ("eval", STREAM_EVAL))})
@@ -101,6 +104,15 @@ class Trainer:
         self.timings: dict[str, float] = {}      # wall seconds: epochs, final_evaluation
         # Called after every epoch with (epoch, that epoch's logged metrics); a returned reason stops the run.
         self.epoch_hook = None
+        self._compiling: threading.Thread | None = None
+        self._compile_error: BaseException | None = None
+        if writer is not None:
+            self.attach(writer, run_dir)
+
+    def attach(self, writer, run_dir: Path) -> None:
+        """The run this trainer trains in: its writer and its local directory."""
+        self.writer, self.run_dir = writer, Path(run_dir)
+        writer.set_tags({"mixvae.devices": str(self.placement.count), "mixvae.processes": str(jax.process_count())})
 
     def _initial_state(self) -> TrainState:
         """The model (pseudo-inputs from training images for the VampPrior), optimiser and τ counts."""
@@ -142,28 +154,62 @@ class Trainer:
 
     # --- compilation ----------------------------------------------------------------------------------
 
+    def compile_in_background(self) -> None:
+        """Start ``compile`` on a thread, so that opening the MLflow run (Python and the store) and the
+        compiler (which releases the interpreter) overlap; ``compiled_in_background`` waits for it."""
+        def work():
+            try:
+                self.compile()
+            except BaseException as exc:  # handed to the waiting thread
+                self._compile_error = exc
+        self._compiling = threading.Thread(target=work, name="mixvae-compile", daemon=True)
+        self._compiling.start()
+
+    @property
+    def started_compiling(self) -> bool:
+        return self._compiling is not None
+
+    def compiled_in_background(self) -> float:
+        """Wait for the compilation ``compile_in_background`` started (Ctrl-C still interrupts the
+        wait); its errors are raised here. → the compilation's own seconds."""
+        while self._compiling.is_alive():
+            self._compiling.join(0.1)
+        if self._compile_error is not None:
+            raise self._compile_error
+        return self.compile_time
+
     def compile(self) -> float:
-        """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each."""
+        """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each.
+
+        The three are traced one after the other (Python), then compiled at the same time: XLA's
+        compiler releases the interpreter, so on several cores the three compilations overlap.
+        """
         t0 = time.perf_counter()
         fns, state, placed = self.fns, self.state, self.placement.jit_options()
         if fns.host_loop:
             zero = jax.eval_shape(fns.zero_sums)
             self.zero_sums = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), zero)
-            self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1), **placed).lower(
+            epoch = jax.jit(fns.epoch_step, donate_argnums=(0, 1), **placed).lower(
                 state, self.zero_sums, self.train_x, self.train_y, self.train_c, example_schedule(self.k),
-                np.int32(1), np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
+                np.int32(1), np.int32(0), self.keys["shuffle"], self.keys["steps"])
         else:
-            self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,), **placed).lower(
+            epoch = jax.jit(fns.epoch, donate_argnums=(0,), **placed).lower(
                 state, self.train_x, self.train_y, self.train_c, example_schedule(self.k), np.int32(1),
-                self.keys["shuffle"], self.keys["steps"]).compile()
+                self.keys["shuffle"], self.keys["steps"])
         x = np.zeros((self.chunk, *self.ds.image_shape), F32)
         y, valid = np.zeros(self.chunk, np.int32), np.zeros(self.chunk, F32)
         mask, temp, chunk_index = np.ones(self.k, F32), np.float32(1.0), np.int32(0)
-        self.compiled["eval"] = self.evaluator.compiled = jax.jit(fns.evaluate, **placed).lower(
-            state.params, state.tau_counts, x, y, valid, mask, temp, chunk_index, self.keys["eval"]).compile()
+        evaluate = jax.jit(fns.evaluate, **placed).lower(
+            state.params, state.tau_counts, x, y, valid, mask, temp, chunk_index, self.keys["eval"])
         fixed = np.zeros((NUM_FIXED, *self.ds.image_shape), F32)
-        self.compiled["diagnostics"] = self.diagnostics.compiled = jax.jit(fns.diagnostics, **placed).lower(
-            state.params, state.tau_counts, x, fixed, mask, temp, chunk_index, self.keys["eval"]).compile()
+        diagnostics = jax.jit(fns.diagnostics, **placed).lower(
+            state.params, state.tau_counts, x, fixed, mask, temp, chunk_index, self.keys["eval"])
+        lowered = {"epoch": epoch, "eval": evaluate, "diagnostics": diagnostics}
+        with ThreadPoolExecutor(len(lowered), thread_name_prefix="mixvae-compile") as pool:
+            futures = {name: pool.submit(low.compile) for name, low in lowered.items()}
+            self.compiled.update({name: f.result() for name, f in futures.items()})
+        self.evaluator.compiled = self.compiled["eval"]
+        self.diagnostics.compiled = self.compiled["diagnostics"]
         self.compile_time = time.perf_counter() - t0
         return self.compile_time
 
@@ -309,13 +355,18 @@ class Trainer:
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    @functools.cached_property
+    def _config_text(self) -> tuple[str, str]:
+        """(config hash, resolved YAML): the config never changes during a run; computed once, not per epoch."""
+        return config_hash(self.cfg), to_yaml(self.cfg)
+
     def _meta(self) -> dict:
-        return {"epoch": self.epoch, "step": self.host.steps_done, "config_hash": config_hash(self.cfg),
+        return {"epoch": self.epoch, "step": self.host.steps_done, "config_hash": self._config_text[0],
                 "versions": versions()}
 
     def save_last(self) -> None:
-        checkpoint.save_last(self.ckpt_dir / "last", self.state, self.root, self.best, self.host, to_yaml(self.cfg),
-                             self._meta())
+        checkpoint.save_last(self.ckpt_dir / "last", self.state, self.root, self.best, self.host,
+                             self._config_text[1], self._meta())
 
     def save_best(self) -> None:
         checkpoint.save_best(self.ckpt_dir / "best", self.best, self.stopper, self._meta())

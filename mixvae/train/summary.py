@@ -5,6 +5,7 @@ per-component table, and the content of ``summary.json``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -15,8 +16,10 @@ from mixvae.metrics import keys as mk
 from mixvae.train.evaluation import SplitResult
 
 
-def versions() -> dict[str, str]:
-    """Versions of mixvae and the libraries that shape its numbers."""
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    """Read once per process: the package metadata lookup costs milliseconds, and every checkpoint
+    records the versions."""
     import importlib.metadata as md
     out = {"mixvae": __version__}
     for pkg in ("jax", "flax", "optax", "mlflow"):
@@ -24,7 +27,12 @@ def versions() -> dict[str, str]:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:  # pragma: no cover
             out[pkg] = "unknown"
-    return out
+    return tuple(out.items())
+
+
+def versions() -> dict[str, str]:
+    """Versions of mixvae and the libraries that shape its numbers."""
+    return dict(_installed_versions())
 
 
 def peak_rss_mb() -> float:
