@@ -1,0 +1,124 @@
+"""The conv decoder's layers, each form side by side in one process: what the rewrites buy.
+
+    python bench/operators.py [--items 2560] [--repeats 3] [--gpu]
+
+The heavy setting decodes 2 560 (image, component) items per training step (batch 128 × K = 20)
+through the decoder [128 → 128 @ 7×7, stride 1] → [128 → 64, 7×7 → 14×14] → [64 → 32, 14×14 → 28×28].
+For each stride-2 layer this times, forward and gradient (with respect to the input and the kernel):
+
+- `conv_transpose`: `nnx.ConvTranspose` itself (XLA's input-dilated convolution);
+- `zero_insertion`: zeros inserted between the pixels, then a stride-1 3×3 convolution (the form
+  the decoder used before; kept here as the reference);
+- `sub_pixel`: `mixvae.model.networks.transposed_conv`, one matmul and the four output phases.
+
+For the stride-1 layer: XLA's convolution against `networks.conv3x3` (one matmul), each on its own
+and inside a `lax.map` over 20 chunks (the rematerialised decode's loop), where XLA:CPU's
+convolutions are slow. Every form is checked against the layer first (max abs difference printed).
+Ratios are the reference form's time over the new form's, measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+common.select_platform()
+
+
+def zero_insertion(layer, h):
+    """The previous decoder form of a 3×3 stride-2 transposed convolution (SAME)."""
+    import jax
+    import jax.numpy as jnp
+    n, height, width, c = h.shape
+    up = jnp.stack([h, jnp.zeros_like(h)], axis=2).reshape(n, 2 * height, width, c)
+    up = jnp.stack([up, jnp.zeros_like(up)], axis=3).reshape(n, 2 * height, 2 * width, c)
+    out = jax.lax.conv_general_dilated(up, layer.kernel[...], (1, 1), ((2, 0), (2, 0)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out + layer.bias[...]
+
+
+def best_of(fn, args, repeats: int) -> float:
+    import jax
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def timed_forms(layer, h, forms: dict, repeats: int, chunks: int = 0) -> dict:
+    """→ {form: (max |difference| to the first form, forward s, gradient s)}; with `chunks`, each
+    form runs inside a lax.map over that many chunks of the items."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    graphdef, params = nnx.split(layer)
+
+    def apply(form, params, h):
+        layer = nnx.merge(graphdef, params)
+        if not chunks:
+            return form(layer, h)
+        parts = jax.lax.map(lambda part: form(layer, part), h.reshape(chunks, -1, *h.shape[1:]))
+        return parts.reshape(-1, *parts.shape[2:])
+
+    out, reference = {}, None
+    for name, form in forms.items():
+        forward = jax.jit(lambda p, h, form=form: apply(form, p, h))
+        grad = jax.jit(jax.grad(lambda p, h, form=form: jnp.sum(jnp.square(apply(form, p, h))), argnums=(0, 1)))
+        value = forward(params, h)
+        reference = value if reference is None else reference
+        diff = float(jnp.max(jnp.abs(value - reference)))
+        out[name] = (diff, best_of(forward, (params, h), repeats), best_of(grad, (params, h), repeats))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=2560, help="decoded items per step (batch × K)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args()
+    common.header("operators")
+
+    import jax
+    from flax import nnx
+
+    from mixvae.model.networks import conv3x3, transposed_conv
+    results = common.Results("operators")
+    key = jax.random.PRNGKey(0)
+    layers = [(128, 64, 7, 2), (64, 32, 14, 2), (128, 128, 7, 1)]
+    for c_in, c_out, size, stride in layers:
+        layer = nnx.ConvTranspose(c_in, c_out, (3, 3), strides=stride, padding="SAME", rngs=nnx.Rngs(0))
+        h = jax.random.normal(key, (args.items, size, size, c_in))
+        what = f"{args.items} items, {c_in}→{c_out}, {size}×{size}, stride {stride}"
+        if stride == 2:
+            cases = [("", {"conv_transpose": lambda layer, h: layer(h), "zero_insertion": zero_insertion,
+                           "sub_pixel": transposed_conv}, 0)]
+        else:
+            forms = {"xla_conv": lambda layer, h: layer(h), "matmul": conv3x3}
+            loop = math.gcd(args.items, 20)
+            cases = [("", forms, 0), (f", inside a loop over {loop} chunks", forms, loop)]
+        for suffix, forms, chunks in cases:
+            timings = timed_forms(layer, h, forms, args.repeats, chunks)
+            for name, (diff, forward, grad) in timings.items():
+                config = f"{what}{suffix}: {name}"
+                results.emit(config, "forward", forward * 1e3, "ms", note=f"max |difference| {diff:.1e}")
+                results.emit(config, "gradient", grad * 1e3, "ms")
+            names = list(timings)
+            new = names[-1]
+            for old in names[:-1]:
+                results.emit(f"{what}{suffix}", f"gradient speed-up: {old} ÷ {new}",
+                             timings[old][2] / timings[new][2], "×")
+    results.finish()
+
+
+if __name__ == "__main__":
+    main()
