@@ -195,6 +195,47 @@ def test_log_register_load_by_alias_and_predict(tracking_uri, tmp_path):
     assert excinfo.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
+def test_logging_neither_runs_the_model_nor_scans_the_installed_distributions(local_store, tmp_path,
+                                                                              monkeypatch):
+    """MLflow's serving-input check (load, compile, predict the input example) and its map of every
+    installed distribution are left out of logging; the logged model still loads and predicts, and
+    MLflow's own state is left as it was found."""
+    import jax.monitoring
+    import mlflow
+    from mlflow.utils import requirements_utils
+
+    from mixvae.tracking import log_model, open_run
+    from mixvae.tracking.model_logging import pip_requirements
+
+    weights, config_yaml, meta, images, expected = _tiny_model(tmp_path)
+    writer = open_run(uri=local_store, run_name="pyfunc-fast")
+    writer.flush()
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)   # as in a fresh process
+    compiled = []
+
+    def on_duration(event, duration, **kwargs):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        model_uri = log_model(writer.run_id, weights_path=weights, config_yaml_path=config_yaml,
+                              data_meta=meta, input_example=images, uri=local_store)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+    writer.set_status("FINISHED")
+    writer.close()
+    assert compiled == []                                           # the model was never run
+    assert requirements_utils._MODULES_TO_PACKAGES is None          # not built, and left as found
+    assert requirements_utils._PACKAGES_TO_MODULES == {}            # the check ran, without the scan
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
+    assert set(pip_requirements()) <= set(requirements)
+    info = mlflow.models.get_model_info(model_uri)
+    assert info.saved_input_example_info is not None                # the input example is still logged
+    frame = mlflow.pyfunc.load_model(model_uri).predict(images)
+    np.testing.assert_array_equal(frame["component"], expected["component"])
+
+
 def _post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})

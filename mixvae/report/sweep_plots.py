@@ -154,7 +154,7 @@ def _draw_one(name: str, study, metric: str, path: Path) -> None:
     all four: its colour scales fade to white, which vanishes on the report's white axes."""
     with quiet_optuna(), style():  # style() selects the Agg backend before pyplot is imported
         from matplotlib import pyplot as plt
-        plt.style.use("ggplot")
+        plt.style.use(["ggplot", {"axes.titley": None}])  # matplotlib places titles: no render() check here
         fig = _figure_of(_drawer(name, metric)(study))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import tempfile
@@ -74,6 +75,34 @@ def make_data_meta(
     }
 
 
+class _PyfuncFlavor:
+    """`mlflow.pyfunc` as the flavor of `Model.log`, whose `save_model` also accepts the
+    `validate_serving_input` flag: `Model.log` reads that flag from the keyword arguments it hands on
+    to the flavor, and `mlflow.pyfunc.save_model` refuses any it does not know."""
+
+    @staticmethod
+    def save_model(*, validate_serving_input: bool = True, **kwargs):
+        return mlflow.pyfunc.save_model(**kwargs)
+
+
+@contextlib.contextmanager
+def _no_distribution_scan():
+    """While the model is saved, MLflow checks each pinned requirement against the installed version,
+    and before that maps every installed distribution to its modules (a scan of them all, about 0.3 s)
+    only to know which module to import where a distribution's version cannot be read. Every pin here
+    was read from an installed distribution (`pip_requirements`), so for the save that map is empty."""
+    from mlflow.utils import requirements_utils
+
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", ()) is not None:
+        yield                                     # already built (or MLflow changed): nothing to skip
+        return
+    requirements_utils._MODULES_TO_PACKAGES = {}
+    try:
+        yield
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = None
+
+
 def model_signature(data_meta: dict) -> ModelSignature:
     """Input TensorSpec(float32, (−1, H, W, Ch)); output one column per data_meta column."""
     shape = (-1, int(data_meta["H"]), int(data_meta["W"]), int(data_meta["Ch"]))
@@ -98,8 +127,9 @@ def log_model(
 
     This is what `mlflow.pyfunc.log_model(name="model", python_model=<path>, …)` does, called
     through `Model.log` with an explicit `run_id` (no active fluent run is needed) and without
-    MLflow's serving-input check (it would load and compile the model once more). The run's
-    metrics at `step` (the summary, logged at step 0) are linked to the model.
+    MLflow's serving-input check (it would load the model, compile it and predict the input example
+    once more; tests/test_pyfunc.py loads and serves the logged model). The run's metrics at `step`
+    (the summary, logged at step 0) are linked to the model.
     Raises TrackingError."""
     uri = uri or resolve_tracking_uri(None, None)[0]
     connect(uri)
@@ -108,24 +138,26 @@ def log_model(
         meta_path = Path(tmp) / "data_meta.json"
         meta_path.write_text(json.dumps(data_meta, indent=2, sort_keys=True))
         try:
-            info = Model.log(
-                artifact_path=None,
-                name=name,
-                flavor=mlflow.pyfunc,
-                flavor_name="pyfunc.ModelFromCode",
-                run_id=run_id,
-                step=step,
-                python_model=str(PYFUNC_MODEL_FILE),
-                artifacts={
-                    "weights": str(weights_path),
-                    "config": str(config_yaml_path),
-                    "data_meta": str(meta_path),
-                },
-                code_paths=[str(MIXVAE_PACKAGE_DIR)],
-                pip_requirements=pip_requirements(),
-                signature=signature or model_signature(data_meta),
-                input_example=np.asarray(input_example, dtype=np.float32),
-            )
+            with _no_distribution_scan():
+                info = Model.log(
+                    artifact_path=None,
+                    name=name,
+                    flavor=_PyfuncFlavor,
+                    flavor_name="pyfunc.ModelFromCode",
+                    run_id=run_id,
+                    step=step,
+                    python_model=str(PYFUNC_MODEL_FILE),
+                    artifacts={
+                        "weights": str(weights_path),
+                        "config": str(config_yaml_path),
+                        "data_meta": str(meta_path),
+                    },
+                    code_paths=[str(MIXVAE_PACKAGE_DIR)],
+                    pip_requirements=pip_requirements(),
+                    signature=signature or model_signature(data_meta),
+                    input_example=np.asarray(input_example, dtype=np.float32),
+                    validate_serving_input=False,
+                )
         except Exception as exc:
             raise TrackingError(f"model logging failed: {short_reason(exc)}") from exc
     return f"models:/{info.model_id}"

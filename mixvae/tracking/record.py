@@ -20,6 +20,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from mixvae.tracking.connection import connect, short_reason
 from mixvae.tracking_uri import resolve_tracking_uri
@@ -122,12 +124,23 @@ def resolve_run_id(client: MlflowClient, run_id_or_prefix: str) -> str:
 # Reading
 
 
-def artifact_tree(client: MlflowClient, run_id: str, path: str | None = None) -> list[tuple[str, int]]:
+def run_artifact_repository(client: MlflowClient, run):
+    """The store holding `run`'s artifacts, asked directly. Through the run id (`client.list_artifacts`,
+    `client.download_artifacts`) MLflow looks the run up again and searches its logged models on
+    every call; a logged model is never among a run's artifacts here."""
+    uri = client.tracking_uri
+    return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(run.info.artifact_uri, uri),
+                                   tracking_uri=uri)
+
+
+def artifact_tree(client: MlflowClient, run_id: str, path: str | None = None, *,
+                  repo=None) -> list[tuple[str, int]]:
     """(path, size) of every artifact file, depth first, sorted by path."""
+    repo = repo or run_artifact_repository(client, client.get_run(run_id))
     files: list[tuple[str, int]] = []
-    for info in client.list_artifacts(run_id, path):
+    for info in repo.list_artifacts(path):
         if info.is_dir:
-            files.extend(artifact_tree(client, run_id, info.path))
+            files.extend(artifact_tree(client, run_id, info.path, repo=repo))
         else:
             files.append((info.path, int(info.file_size or 0)))
     return sorted(files)
@@ -205,13 +218,14 @@ def load_run(run_id_or_prefix: str, uri: str | None = None) -> RunRecord:
         run_id = resolve_run_id(client, run_id_or_prefix)
         run = client.get_run(run_id)
         experiment_name = client.get_experiment(run.info.experiment_id).name
-        artifacts = artifact_tree(client, run_id)
+        repo = run_artifact_repository(client, run)
+        artifacts = artifact_tree(client, run_id, repo=repo)
         present = {path for path, _ in artifacts}
         contents: dict[str, object] = {}
         with tempfile.TemporaryDirectory(prefix="mixvae-run-") as tmp:
             for path, read in READERS.items():
                 if path in present:
-                    local = Path(client.download_artifacts(run_id, path, tmp))
+                    local = Path(repo.download_artifacts(path, tmp))
                     contents[path] = _parse(path, local, read)
         history_keys = sorted(k for k in run.data.metrics if "/" in k)
         with ThreadPoolExecutor(max_workers=8) as pool:

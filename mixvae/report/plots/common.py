@@ -4,7 +4,6 @@ image montages and saving. matplotlib is imported lazily, only when a figure is 
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import sys
@@ -173,14 +172,35 @@ def _import_matplotlib():
     return matplotlib
 
 
-@functools.cache
+# seaborn's "whitegrid" axes style with its "paper" context at font_scale 0.95 (seaborn 0.13.2), written
+# out so that drawing a report does not import seaborn (and scipy with it: about a second per process).
+# tests/test_report_figures.py checks it against seaborn. seaborn's default image colormap ("rocket") is left
+# out: it exists only once seaborn is imported, and every plot of scalars names its colormap.
+_WHITEGRID_PAPER = {
+    "axes.axisbelow": True, "axes.edgecolor": ".8", "axes.facecolor": "white", "axes.grid": True,
+    "axes.labelcolor": ".15", "axes.labelsize": 9.12, "axes.linewidth": 1.0,
+    "axes.spines.bottom": True, "axes.spines.left": True, "axes.spines.right": True, "axes.spines.top": True,
+    "axes.titlesize": 9.12, "figure.facecolor": "white",
+    "font.family": ["sans-serif"],
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans", "sans-serif"],
+    "font.size": 9.12, "grid.color": ".8", "grid.linestyle": "-", "grid.linewidth": 0.8,
+    "legend.fontsize": 8.36, "legend.title_fontsize": 9.12, "lines.linewidth": 1.2, "lines.markersize": 4.8,
+    "lines.solid_capstyle": "round", "patch.edgecolor": "w", "patch.force_edgecolor": True,
+    "patch.linewidth": 0.8, "text.color": ".15",
+    "xtick.bottom": False, "xtick.color": ".15", "xtick.direction": "out", "xtick.labelsize": 8.36,
+    "xtick.major.size": 4.8, "xtick.major.width": 1.0, "xtick.minor.size": 3.2, "xtick.minor.width": 0.8,
+    "xtick.top": False,
+    "ytick.color": ".15", "ytick.direction": "out", "ytick.labelsize": 8.36, "ytick.left": False,
+    "ytick.major.size": 4.8, "ytick.major.width": 1.0, "ytick.minor.size": 3.2, "ytick.minor.width": 0.8,
+    "ytick.right": False,
+}
+
+
 def style_rc() -> dict:
-    """seaborn's whitegrid style at a compact scale, as an rc dict (global rcParams stay untouched)."""
-    import seaborn as sns
-    rc = dict(sns.axes_style("whitegrid"))
-    rc.update(sns.plotting_context("paper", font_scale=0.95))
-    rc.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": 9, "image.interpolation": "nearest"})
-    return rc
+    """The report style as an rc dict (global rcParams stay untouched)."""
+    return {**_WHITEGRID_PAPER, "figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": 9,
+            "axes.titley": 1.0,                     # titles at the top of their axes: see lift_titles
+            "image.interpolation": "nearest"}
 
 
 def style():
@@ -197,9 +217,122 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **su
     return fig, fig.subplots(nrows, ncols, squeeze=True, **subplot_kw)
 
 
-def save(fig, path: Path) -> None:
+def render(fig) -> np.ndarray:
+    """The figure's pixels [H, W, 4] (uint8), laid out and drawn once.
+
+    `Figure.savefig` lays a figure with a layout engine out in a draw that renders nothing and then
+    draws it again into the file; drawing on an Agg canvas lays it out and renders it in one pass,
+    to the same pixels."""
+    _import_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    if lift_titles(fig, canvas.get_renderer()):
+        canvas.draw()                     # rare: a title had to make room for an offset text
+    return np.asarray(canvas.buffer_rgba())
+
+
+def lift_titles(fig, renderer) -> list:
+    """Lift each axes title that an offset text of its axes or of a twin (such as `1e-7` above a y
+    axis) reaches into until it clears it; the axes whose title moved.
+
+    The style places titles at the top of their axes (`axes.titley`) instead of letting matplotlib
+    measure the axis once more for every title it draws; this is the one check that measuring was
+    for, made after the ticks were formatted, and it costs nothing where no offset text exists."""
+    moved = []
+    for ax in fig.axes:
+        if not ax.title.get_text():
+            continue
+        offsets = [axis.offsetText.get_window_extent(renderer) for other in ax.get_shared_x_axes().get_siblings(ax)
+                   for axis in (other.xaxis, other.yaxis)
+                   if axis.offsetText.get_visible() and axis.offsetText.get_text()]
+        if not offsets:
+            continue
+        box = ax.title.get_window_extent(renderer)
+        top = max((o.y1 for o in offsets if o.overlaps(box)), default=box.y0)
+        if top > box.y0:
+            x, y = ax.title.get_position()
+            ax.title.set_position((x, y + (top - box.y0 + 1.0) / max(ax.bbox.height, 1.0)))
+            moved.append(ax)
+    return moved
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    """RGBA pixels to a PNG file, as `savefig` writes it (same metadata and resolution)."""
+    from matplotlib.image import imsave
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    imsave(path, pixels, format="png", dpi=DPI)
+
+
+def save(fig, path: Path) -> None:
+    write_png(render(fig), path)
+
+
+# ------------------------------------------------------------------------------------- panel grids
+
+PANEL_PAD_PX = 6          # between panels and around the grid
+CROP_PAD_PX = 3           # around each panel's crop
+
+
+def panel_figure(count: int, width: float, height: float):
+    """A figure for `count` panels whose axes are exactly `width` × `height` inches; draw into them,
+    then `arrange_panels` places them and sizes the figure."""
+    _import_matplotlib()
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    return fig, [fig.add_axes((0.0, 0.0, 1.0, 1.0)) for _ in range(count)]
+
+
+def _overhangs(fig, axes, renderer) -> list[tuple[float, float, float, float]]:
+    """How far (pixels: left, bottom, right, top) each axes' labels, ticks and title reach beyond it."""
+
+    def overhang(ax):
+        box, tight = ax.bbox, ax.get_tightbbox(renderer)
+        return (max(0.0, box.x0 - tight.x0), max(0.0, box.y0 - tight.y0),
+                max(0.0, tight.x1 - box.x1), max(0.0, tight.y1 - box.y1))
+
+    out = [overhang(ax) for ax in axes]                  # formats the ticks and any offset text
+    lifted = lift_titles(fig, renderer)
+    return [overhang(ax) if ax in lifted else o for ax, o in zip(axes, out)]
+
+
+def arrange_panels(fig, axes, ncols: int, title: str = "", title_size: float = 8.0) -> list[tuple[int, ...]]:
+    """Place the panels of `panel_figure` in rows of `ncols` under `title`, size the figure to fit,
+    and return each panel's crop (x0, y0, x1, y1) in the rendered pixels (origin top left).
+
+    Each column is as wide, each row as tall as its largest panel with its labels. The labels are
+    measured once: the axes keep their size, so their ticks and labels stay the same when they move
+    (a layout engine measures twice, since it resizes the axes, and a crop would measure again)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    pad = PANEL_PAD_PX
+    w, h = fig.bbox.width, fig.bbox.height                       # every axes, in pixels
+    over = _overhangs(fig, axes, renderer)
+    nrows = math.ceil(len(axes) / ncols)
+    left = [max((o[0] for o in over[c::ncols]), default=0.0) for c in range(ncols)]
+    right = [max((o[2] for o in over[c::ncols]), default=0.0) for c in range(ncols)]
+    top = [max(o[3] for o in over[r * ncols:(r + 1) * ncols]) for r in range(nrows)]
+    bottom = [max(o[1] for o in over[r * ncols:(r + 1) * ncols]) for r in range(nrows)]
+    head = 0.0
+    if title:
+        text = fig.suptitle(title, fontsize=title_size, va="top")
+        head = text.get_window_extent(renderer).height + pad
+    xs = np.cumsum([pad] + [left[c] + w + right[c] + pad for c in range(ncols)])   # column starts
+    ys = np.cumsum([pad + head] + [top[r] + h + bottom[r] + pad for r in range(nrows)])
+    width, height = float(xs[-1]), float(ys[-1])
+    fig.set_size_inches(width / DPI, height / DPI)
+    if title:
+        text.set_y(1.0 - pad / height)
+    crops = []
+    for i, (ax, (o_left, o_bottom, o_right, o_top)) in enumerate(zip(axes, over)):
+        r, c = divmod(i, ncols)
+        x0, y0 = xs[c] + left[c], ys[r] + top[r]                 # the axes' top left corner
+        ax.set_position((x0 / width, 1.0 - (y0 + h) / height, w / width, h / height))
+        crops.append((max(0, int(x0 - o_left) - CROP_PAD_PX), max(0, int(y0 - o_top) - CROP_PAD_PX),
+                      min(int(width), math.ceil(x0 + w + o_right) + CROP_PAD_PX),
+                      min(int(height), math.ceil(y0 + h + o_bottom) + CROP_PAD_PX)))
+    return crops
 
 
 def colormap(name: str):

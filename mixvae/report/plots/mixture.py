@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (PlotData, PlotSkipped, categorical_colors, colormap, draw_montage,
+from .common import (PlotData, PlotSkipped, arrange_panels, categorical_colors, colormap, draw_montage,
                      grid_shape, is_component_decoding, is_mixture_based, mean_excluding_diagonal,
-                     new_figure, project_2d, save, scatter_latents, style, to_rgb)
+                     new_figure, panel_figure, project_2d, render, save, scatter_latents, style, to_rgb,
+                     write_png)
 from .core import gate_latent_dim, selected_latents, split_name
 
 COMPONENT_LATENTS_DIR = "mixture/component_latents"
+COMPONENT_PANEL_INCHES = (1.72, 1.47)     # the axes of one component's latent in the grid
 
 
 # ------------------------------------------------------------------------------------------ gates
@@ -109,12 +111,8 @@ def component_latent_files(data: PlotData) -> list[str]:
 def draw_component_latents(data: PlotData, path) -> None:
     """One panel per active component in that component's own latent; opacity = r_k(x).
 
-    The grid is drawn once; each component's file is cropped from the rendered grid (same pixels,
-    no second rendering).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.image import imsave
-
+    The panels are measured once and placed (`arrange_panels`), the grid is drawn once, and each
+    component's file is cropped from the rendered grid (same pixels, no second rendering)."""
     z = data.diag("z_mean")
     responsibilities = data.diag("responsibilities")
     labels = data.labels()
@@ -123,12 +121,10 @@ def draw_component_latents(data: PlotData, path) -> None:
     shared = z.ndim == 2
     if shared:
         shared_xy, axis_labels = project_2d(z)
-    nrows, ncols = grid_shape(len(components), max_cols=5)
+    _, ncols = grid_shape(len(components), max_cols=5)
     out_dir = Path(path).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
     with style():
-        fig, axes = new_figure(2.3 * ncols, 2.15 * nrows, nrows, ncols)
-        axes = np.atleast_1d(axes).ravel()
+        fig, axes = panel_figure(len(components), *COMPONENT_PANEL_INCHES)
         usage = responsibilities.mean(axis=0)
         for ax, k in zip(axes, components):
             xy, labels_k = (shared_xy, axis_labels) if shared else project_2d(z[:, k])
@@ -138,20 +134,11 @@ def draw_component_latents(data: PlotData, path) -> None:
             scatter_latents(ax, xy[order], colors[order], labels_k, size=4.0)
             ax.set_title(f"component {k} · usage {usage[k]:.3f}", fontsize=8)
             ax.tick_params(labelsize=6)
-        for ax in axes[len(components):]:
-            ax.set_axis_off()
-        fig.suptitle("each component's own latent, opacity = r_k(x), colour = label", fontsize=8)
-        canvas = FigureCanvasAgg(fig)
-        canvas.draw()
-        pixels = np.asarray(canvas.buffer_rgba())
-        imsave(out_dir / "grid.png", pixels, format="png")
-        renderer = canvas.get_renderer()
-        height = pixels.shape[0]
-        for ax, k in zip(axes, components):
-            box = ax.get_tightbbox(renderer)
-            x0, x1 = max(0, int(box.x0) - 3), min(pixels.shape[1], int(np.ceil(box.x1)) + 3)
-            y0, y1 = max(0, height - int(np.ceil(box.y1)) - 3), min(height, height - int(box.y0) + 3)
-            imsave(out_dir / f"component_{k:02d}.png", pixels[y0:y1, x0:x1], format="png")
+        crops = arrange_panels(fig, axes, ncols, "each component's own latent, opacity = r_k(x), colour = label")
+        pixels = render(fig)
+        write_png(pixels, out_dir / "grid.png")
+        for (x0, y0, x1, y1), k in zip(crops, components):
+            write_png(pixels[y0:y1, x0:x1], out_dir / f"component_{k:02d}.png")
 
 
 # ------------------------------------------------------------------------------------- histograms
