@@ -46,6 +46,20 @@ def metrics_call(what: str, step: int, metrics: Mapping[str, float], epoch: bool
     return call
 
 
+def is_epoch_metrics(call: dict) -> bool:
+    """An epoch's metrics alone (no params or tags): such calls may share one `log_batch`."""
+    return call.get("op") == "batch" and call.get("step") is not None and not call.get("params") \
+        and not call.get("tags")
+
+
+def merged_epochs(calls: list[dict]) -> dict:
+    """One `log_batch` of several epochs' metrics (`is_epoch_metrics` calls, oldest first). Every value
+    keeps its own step and timestamp, so the store records exactly what the separate calls would."""
+    steps = [call["step"] for call in calls]
+    return {"op": "batch", "what": f"log_batch of epochs {min(steps)}–{max(steps)}",
+            "metrics": [metric for call in calls for metric in call["metrics"]]}
+
+
 def upload_call(what: str, artifact_dir: str | None, directory: bool) -> dict:
     """An upload; the spool adds the copy of the file (or directory) it sends."""
     return {"op": "artifacts" if directory else "artifact", "what": what, "artifact_dir": artifact_dir}
