@@ -1,9 +1,12 @@
 """Human-readable output on stderr: headers, a progress bar on terminals, one
-plain line per epoch elsewhere, and a copy of every line for the run's ``logs/train.log``."""
+plain line per epoch elsewhere, and a copy of every line for the run's ``logs/train.log``; with -v, the
+table of where a run's wall time went."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 
 
 def _new_progress(stream):
@@ -85,7 +88,8 @@ class Console:
 
 PHASE_NAMES = {"startup": "start-up: interpreter, imports, config checks", "data": "data",
                "build": "build the model, optimiser and trainer",
-               "store": "open the MLflow run (compiling meanwhile)", "compile": "compile (the wait for it)",
+               "store": "open the MLflow run (building and compiling meanwhile)",
+               "compile": "build and compile (the wait for it after the store)",
                "epochs": "epochs", "final_evaluation": "final evaluation", "model": "model logging",
                "report": "report"}
 
@@ -98,5 +102,27 @@ def phase_table(phases: dict[str, float], total: float) -> list[str]:
     width = max(len(name) for name, _ in rows)
     lines = [f"{'phase':<{width}}  seconds  share"]
     lines += [f"{name:<{width}}  {seconds:7.2f}  {100 * seconds / max(total, 1e-9):4.0f} %" for name, seconds in rows]
-    lines.append(f"{'total (process start to exit)':<{width}}  {total:7.2f}")
+    lines.append(f"{'total':<{width}}  {total:7.2f}")
     return lines
+
+
+_STARTED = []  # set by the first training of the process: later ones (a sweep's trials) have no start-up
+
+
+def startup_seconds() -> float:
+    """Seconds from the process's start to its first training (interpreter, imports, config checks)."""
+    if _STARTED:
+        return 0.0
+    _STARTED.append(True)
+    try:
+        import psutil
+        return max(time.time() - psutil.Process().create_time(), 0.0)
+    except Exception:  # pragma: no cover - no process start time: the table starts at train()
+        return 0.0
+
+
+def print_phases(console: Console, phases: dict, t_start: float) -> None:
+    """With -v: the phases as one JSON line (bench/ reads it) and as a table for people."""
+    console.debug("phases " + json.dumps({k: round(v, 3) for k, v in phases.items()}))
+    for line in phase_table(phases, phases.get("startup", 0.0) + time.perf_counter() - t_start):
+        console.debug("  " + line)

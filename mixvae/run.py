@@ -19,9 +19,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixvae import __version__, job, paths, reporting
+from mixvae import __version__, compilation_cache, job, paths, reporting
 from mixvae.config import (Loaded, architecture_code, config_hash, flatten, model_summary_line, to_yaml)
-from mixvae.console import Console
+from mixvae.console import Console, print_phases, startup_seconds
 from mixvae.tracking_uri import redact, redact_uri, ui_link
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -138,18 +138,17 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
     from mixvae.tracking_uri import check_uri, resolve_tracking_uri
 
     t_start = time.perf_counter()
-    phases: dict[str, float] = {"startup": _startup_seconds()}
+    phases: dict[str, float] = {"startup": startup_seconds()}
+    compilation_cache.enable()
     ds = _load_data(loaded.config, console, phases)
     uri, uri_source = resolve_tracking_uri(cli_uri, loaded.config.tracking.uri)
     problem = check_uri(uri) or job.join_job(loaded.config, bool(resume_run_id or nested_parent_id))
     if problem:
         raise UsageError(problem)
-    trainer = None
-    if job.from_env() is None and resume_dir is None:  # compile while the MLflow run is opened
-        from mixvae.train.loop import Trainer
-        with _Phase(phases, "build"):
-            trainer = Trainer(loaded, ds, None, console, run_dir=None, t_start=t_start)
-            trainer.compile_in_background()
+    pending = None
+    if job.from_env() is None and resume_dir is None:  # build and compile while the MLflow run is opened
+        from mixvae.train.loop import BackgroundTrainer
+        pending = BackgroundTrainer(loaded, ds, console, t_start)
     try:
         with _Phase(phases, "store"):  # in a job of several processes only process 0 opens the run
             loaded, console, writer, run_dir = job.open_in_job(loaded, console, lambda: _open_run(
@@ -162,24 +161,9 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
     run = _Run(loaded, ds, writer, console, uri, uri_source, run_dir, t_start,
                Outcome(EXIT_RUNTIME, run_id=writer.run_id, phases=phases), verbose, epoch_hook)
     try:
-        return _train_in_run(run, resume_dir, resume_overrides, trainer)
+        return _train_in_run(run, resume_dir, resume_overrides, pending)
     finally:
         writer.close(timeout=30)
-
-
-_STARTED = []  # set by the first training of the process: later ones (a sweep's trials) have no start-up
-
-
-def _startup_seconds() -> float:
-    """Seconds from the process's start to its first training (interpreter, imports, config checks)."""
-    if _STARTED:
-        return 0.0
-    _STARTED.append(True)
-    try:
-        import psutil
-        return max(time.time() - psutil.Process().create_time(), 0.0)
-    except Exception:  # pragma: no cover - no process start time: the table starts at train()
-        return 0.0
 
 
 def _load_data(cfg, console: Console, phases: dict) -> object:
@@ -213,18 +197,20 @@ def _open_run(loaded: Loaded, ds, uri: str, *, run_name_explicit: bool, experime
     return OwnedWriter(writer, skip_epochs=resume_logged)
 
 
-def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str] | None, trainer) -> Outcome:
+def _train_in_run(run: _Run, resume_dir: Path | None, resume_overrides: list[str] | None, pending) -> Outcome:
     """The steps inside an open run: log inputs → train → finish → log model → report → status.
-    ``trainer``: one already compiling (in the background), or None to build it here."""
+    ``pending``: the trainer being built and compiled in the background, or None to build it here."""
     from mixvae.train.loop import Trainer
 
     _log_inputs(run, resume_dir, resume_overrides)
     _print_run_header(run)
-    if trainer is None:
+    if pending is None:
         with _Phase(run.out.phases, "build"):
             trainer = Trainer(run.loaded, run.ds, run.writer, run.console, run_dir=run.run_dir, t_start=run.t_start)
     else:
-        trainer.attach(run.writer, run.run_dir)
+        trainer = _wait_for(run, pending)
+        if isinstance(trainer, Outcome):
+            return trainer
     trainer.epoch_hook = run.epoch_hook
     _print_training_header(run, trainer)
     if resume_dir is not None:
@@ -302,8 +288,10 @@ def _train(run: _Run, trainer):
     status, reason, result = "FAILED", None, None
     with _Sigterm():
         try:
-            with _Phase(run.out.phases, "compile"):  # with a background compilation: the wait for it
-                seconds = trainer.compiled_in_background() if trainer.started_compiling else trainer.compile()
+            if not trainer.compiled:  # a trainer built in the background is compiled already
+                with _Phase(run.out.phases, "compile"):
+                    trainer.compile()
+            seconds = trainer.compile_time
             run.console.print(f"compiling … done in {seconds:.1f} s")
             result = trainer.run()
             run.out.phases.update(trainer.timings)
@@ -329,6 +317,22 @@ def _log_traceback(run: _Run, trainer, reason: str, tb: str) -> None:
         trainer.upload_last()
     except Exception:
         pass
+
+
+def _wait_for(run: _Run, pending):
+    """The background trainer, attached to the run; → an Outcome instead when building or compiling
+    it failed (FAILED with the reason) or Ctrl-C came first (KILLED: nothing to resume yet)."""
+    try:
+        with _Phase(run.out.phases, "compile"):
+            trainer = pending.wait()
+    except KeyboardInterrupt:
+        return _close(run, "KILLED", "interrupted before the first epoch", EXIT_INTERRUPTED)
+    except Exception as exc:
+        reason = _failure_reason(exc)
+        run.console.error(f"training failed: {reason}")
+        return _close(run, "FAILED", reason, EXIT_RUNTIME)
+    trainer.attach(run.writer, run.run_dir)
+    return trainer
 
 
 def _killed(run: _Run, trainer) -> Outcome:
@@ -467,17 +471,9 @@ def _close(run: _Run, status: str, reason: str | None, code: int) -> Outcome:
         code = EXIT_RUNTIME
     out.status = status
     out.exit_code = code
-    _print_phases(console, out.phases, run.t_start)
+    print_phases(console, out.phases, run.t_start)
     out.stdout = [f"run_id={out.run_id}", f"status={status}"] + out.stdout
     return out
-
-
-def _print_phases(console: Console, phases: dict, t_start: float) -> None:
-    """With -v: the phases as one JSON line (bench/ reads it) and as a table for people."""
-    from mixvae.console import phase_table
-    console.debug("phases " + json.dumps({k: round(v, 3) for k, v in phases.items()}))
-    for line in phase_table(phases, phases.get("startup", 0.0) + time.perf_counter() - t_start):
-        console.debug("  " + line)
 
 
 def _failure_reason(exc: BaseException) -> str:

@@ -36,6 +36,9 @@ from hypothesis import settings
 
 # hermetic: Hypothesis keeps no example database and caches its constants outside the repository
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="mixvae-hypothesis-"))
+# JAX's persistent compilation cache of `mixvae train` goes to a temporary directory (one per test
+# process), never to the user's ~/.cache
+os.environ["MIXVAE_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="mixvae-jax-cache-")
 settings.register_profile("hermetic", database=None)
 settings.load_profile("hermetic")
 

@@ -66,6 +66,33 @@ class TrainResult:
     stop_requested: str | None = None       # the epoch hook's reason (a pruned sweep trial)
 
 
+class BackgroundTrainer:
+    """A ``Trainer`` built and compiled on a thread, so that opening the MLflow run (Python and the
+    store) overlaps the model's initialisers and the compiler (which release the interpreter)."""
+
+    def __init__(self, loaded, ds, console, t_start: float):
+        self.trainer: Trainer | None = None
+        self.error: BaseException | None = None
+
+        def work():
+            try:
+                trainer = Trainer(loaded, ds, None, console, run_dir=None, t_start=t_start)
+                trainer.compile()
+                self.trainer = trainer
+            except BaseException as exc:  # handed to the waiting thread
+                self.error = exc
+        self.thread = threading.Thread(target=work, name="mixvae-compile", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> Trainer:
+        """The compiled trainer (Ctrl-C still interrupts the wait); the thread's error is raised here."""
+        while self.thread.is_alive():
+            self.thread.join(0.1)
+        if self.error is not None:
+            raise self.error
+        return self.trainer
+
+
 class Trainer:
     """One run's model, compiled functions and state."""
 
@@ -104,8 +131,6 @@ class Trainer:
         self.timings: dict[str, float] = {}      # wall seconds: epochs, final_evaluation
         # Called after every epoch with (epoch, that epoch's logged metrics); a returned reason stops the run.
         self.epoch_hook = None
-        self._compiling: threading.Thread | None = None
-        self._compile_error: BaseException | None = None
         if writer is not None:
             self.attach(writer, run_dir)
 
@@ -153,30 +178,6 @@ class Trainer:
         return mixture_weights(self.cfg, self.graphdef, params)
 
     # --- compilation ----------------------------------------------------------------------------------
-
-    def compile_in_background(self) -> None:
-        """Start ``compile`` on a thread, so that opening the MLflow run (Python and the store) and the
-        compiler (which releases the interpreter) overlap; ``compiled_in_background`` waits for it."""
-        def work():
-            try:
-                self.compile()
-            except BaseException as exc:  # handed to the waiting thread
-                self._compile_error = exc
-        self._compiling = threading.Thread(target=work, name="mixvae-compile", daemon=True)
-        self._compiling.start()
-
-    @property
-    def started_compiling(self) -> bool:
-        return self._compiling is not None
-
-    def compiled_in_background(self) -> float:
-        """Wait for the compilation ``compile_in_background`` started (Ctrl-C still interrupts the
-        wait); its errors are raised here. → the compilation's own seconds."""
-        while self._compiling.is_alive():
-            self._compiling.join(0.1)
-        if self._compile_error is not None:
-            raise self._compile_error
-        return self.compile_time
 
     def compile(self) -> float:
         """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each.
