@@ -1,10 +1,11 @@
 """Shared helpers of the benchmark scripts: the JSON result lines, the machine, fresh directories.
 
 Every script prints one JSON line per measurement on stdout —
-`{"bench", "config", "metric", "value", "unit", "target", "limit", "machine"}` — and exits 1 when a
-hard limit was exceeded. `target` and `limit` are written as a comparison and a number ("<= 3",
-">= 100", "== 1"), or null where there is none; a measurement that could not be taken has value null
-and a `note` saying why.
+`{"bench", "config", "metric", "value", "unit", "target", "limit", "reference", "machine"}` — and
+exits 1 when a hard limit was exceeded. `target` and `limit` are written as a comparison and a number
+("<= 3", ">= 100", "== 1"), or null where there is none; `reference` is the reference
+implementation's figure for the same measurement in the same unit (bench/table.py holds them), or
+null; a measurement that could not be taken has value null and a `note` saying why.
 
 Import this module before jax or mixvae: `select_platform()` must run first, because JAX reads
 `JAX_PLATFORMS` once, at its first use.
@@ -17,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -82,7 +84,7 @@ def load_average() -> str:
 # ---- results -------------------------------------------------------------------------------------
 
 
-def _passes(value: float, bound: str) -> bool:
+def passes(value: float, bound: str) -> bool:
     op, number = bound.split()
     number = float(number)
     return {"<=": value <= number, ">=": value >= number, "==": value == number}[op]
@@ -98,17 +100,18 @@ class Results:
         self.lines: list[dict] = []
 
     def emit(self, config: str, metric: str, value: float | int | None, unit: str,
-             target: str | None = None, limit: str | None = None, note: str | None = None) -> dict:
+             target: str | None = None, limit: str | None = None, note: str | None = None,
+             reference: float | None = None) -> dict:
         if self.machine is None:
             self.machine = machine()
         line = {"bench": self.bench, "config": config, "metric": metric,
                 "value": None if value is None else round(float(value), 4) if isinstance(value, float) else value,
-                "unit": unit, "target": target, "limit": limit, "machine": self.machine}
+                "unit": unit, "target": target, "limit": limit, "reference": reference, "machine": self.machine}
         if note:
             line["note"] = note
         self.lines.append(line)
         print(json.dumps(line, ensure_ascii=False), flush=True)
-        if limit is not None and value is not None and not _passes(float(value), limit):
+        if limit is not None and value is not None and not passes(float(value), limit):
             self.exceeded.append(f"{config} {metric} = {value} {unit} (limit {limit})")
         return line
 
@@ -166,12 +169,12 @@ def child_env(directory: Path) -> dict[str, str]:
     return env
 
 
-def canvas_npz(directory: Path, copies: int = 1) -> Path:
-    """The 28×28 benchmark data (scikit-learn's digits on a canvas), written by
-    bench/make_canvas_npz.py into `directory`."""
-    out = Path(directory) / f"canvas-{copies}.npz"
+def canvas_npz(directory: Path, copies: int = 1, mode: str = "upscale") -> Path:
+    """The 28×28 benchmark data (scikit-learn's digits on a canvas, upscaled or pasted in the centre),
+    written by bench/make_canvas_npz.py into `directory`."""
+    out = Path(directory) / f"canvas-{mode}-{copies}.npz"
     subprocess.run([sys.executable, str(BENCH / "make_canvas_npz.py"), "--out", str(out),
-                    "--copies", str(copies)], check=True, stdout=subprocess.DEVNULL)
+                    "--copies", str(copies), "--mode", mode], check=True, stdout=subprocess.DEVNULL)
     return out
 
 
@@ -198,6 +201,123 @@ def children_peak_rss_mb() -> float:
 
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
+
+# ---- a `mixvae train` process --------------------------------------------------------------------
+
+
+_TABLE_ROW = re.compile(r"^\s*(?P<name>\S.*?)\s{2,}(?P<seconds>-?\d+(?:\.\d+)?)(?:\s+-?\d+\s*%)?\s*$")
+
+
+def parse_phases(stderr: str) -> dict[str, float]:
+    """Seconds per phase from the stderr of `mixvae -v train`: the `phases {json}` line (or a
+    `phases name=seconds …` line), or else the phase table (a header line `phase  seconds …`, then
+    one `name  seconds  share` line per phase; a table's descriptive names are mapped back to the
+    phase keys where mixvae.console knows them; its `the rest` and `total` lines are not phases).
+    {} when neither is there."""
+    lines = stderr.splitlines()
+    for line in lines:
+        text = line.strip()
+        if not text.startswith("phases") or re.match(r"^phases?\s{2,}seconds\b", text):
+            continue
+        rest = text[len("phases"):].lstrip(" :")
+        if rest.startswith("{"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                return {k: float(v) for k, v in json.loads(rest).items()}
+        pairs = re.findall(r"([A-Za-z_][\w.+-]*)\s*[=:]\s*(-?\d+(?:\.\d+)?)", rest)
+        if pairs:  # `phases data=0.1 compile=2.3 …`
+            return {k: float(v) for k, v in pairs}
+    try:
+        from mixvae.console import PHASE_NAMES
+        keys = {description: key for key, description in PHASE_NAMES.items()}
+    except Exception:  # pragma: no cover - the table's names are kept as they are
+        keys = {}
+    phases: dict[str, float] = {}
+    inside = False
+    for line in lines:
+        if re.match(r"^phases?\s{2,}seconds\b", line.strip()):
+            inside, phases = True, {}
+            continue
+        if not inside:
+            continue
+        match = _TABLE_ROW.match(line)
+        if match is None:
+            break
+        name = match["name"].strip()
+        if not name.startswith(("the rest", "total")):
+            phases[keys.get(name, name)] = float(match["seconds"])
+    return phases
+
+
+def parse_stdout(stdout: str) -> dict[str, str]:
+    """The `key=value` lines a mixvae command prints on stdout."""
+    return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+
+
+def run_metric(db: Path, run_id: str, key: str) -> float | None:
+    """A summary metric of a run, straight from the sqlite store (no mlflow import needed)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db) as con:
+            row = con.execute("SELECT value FROM latest_metrics WHERE run_uuid = ? AND key = ?",
+                              (run_id, key)).fetchone()
+        return None if row is None else float(row[0])
+    except sqlite3.Error:
+        return None
+
+
+RUN_METRICS = ("training.peak_rss_mb", "training.steps_per_sec", "training.epochs_completed")
+
+
+def train_process(config: str | Path, overrides: list[str], directory: Path) -> dict:
+    """`python -m mixvae -v train -c CONFIG --set …` in `directory` (its working directory, a new
+    sqlite store there), timed from process start to exit. → {"wall", "code", "tail" (the last lines
+    of stderr), "phases", "stdout" (its key=value lines), "metrics" (RUN_METRICS of the run, None
+    where absent), "child_rss" (peak RSS of the largest child so far, MiB)}."""
+    import time
+
+    argv = [sys.executable, "-m", "mixvae", "-v", "train", "-c", str(config)]
+    for item in overrides:
+        argv += ["--set", item]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=directory, env=child_env(directory), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    out = parse_stdout(proc.stdout)
+    run_id = out.get("run_id", "")
+    return {"wall": wall, "code": proc.returncode, "tail": proc.stderr.strip().splitlines()[-5:],
+            "phases": parse_phases(proc.stderr), "stdout": out, "child_rss": children_peak_rss_mb(),
+            "metrics": {key: run_metric(directory / "mlflow.db", run_id, key) for key in RUN_METRICS}}
+
+
+def emit_train_process(results: Results, config: str, run: dict, wall_target: str | None,
+                       wall_limit: str | None, rss_target: str | None = None, rss_limit: str | None = None,
+                       wall_reference: float | None = None) -> bool:
+    """The JSON lines of one `train_process`: wall time, every phase and what no phase covers, the
+    run's steps/s, epochs and peak RSS, the child's ru_maxrss. False (one line with value null, and a
+    hard-limit failure) when the process failed."""
+    if run["code"] != 0:
+        results.emit(config, "e2e_wall_time", None, "s", wall_target, wall_limit, reference=wall_reference,
+                     note=f"mixvae train exited {run['code']}: " + " | ".join(run["tail"]))
+        results.exceeded.append(f"mixvae train exited {run['code']}")
+        return False
+    wall, phases, metrics = run["wall"], run["phases"], run["metrics"]
+    results.emit(config, "e2e_wall_time", wall, "s", wall_target, wall_limit, reference=wall_reference,
+                 note="process start to exit, fresh directory, new sqlite store")
+    for name, seconds in phases.items():
+        results.emit(config, f"phase.{name}", seconds, "s")
+    results.emit(config, "phase.rest", wall - sum(phases.values()) if phases else None, "s",
+                 note="wall − Σ phases: what no phase covers (params, tags, closing the run)" if phases
+                 else "no phases line on stderr")
+    if metrics["training.steps_per_sec"] is not None:
+        results.emit(config, "training.steps_per_sec", metrics["training.steps_per_sec"], "steps/s")
+    if metrics["training.epochs_completed"] is not None:
+        results.emit(config, "training.epochs_completed", int(metrics["training.epochs_completed"]), "epochs")
+    if metrics["training.peak_rss_mb"] is not None:
+        results.emit(config, "training.peak_rss_mb", metrics["training.peak_rss_mb"], "MiB", rss_target, rss_limit,
+                     note="summary metric of the run (peak at the end of training)")
+    results.emit(config, "process_peak_rss", run["child_rss"], "MiB", rss_target, rss_limit,
+                 note="ru_maxrss of the whole child process, model logging and report included")
+    return True
 
 def make_trainer(loaded, run_dir: Path, writer=None):
     """A `Trainer` on the config's data with a quiet console (in-memory writer by default)."""

@@ -1,7 +1,7 @@
 """Epoch time of the conv setting at MNIST size, K = 20, every component decoded and top-2: the GPU row of
 docs/performance.md.
 
-    python bench/gpu_epoch.py [--gpu] [--epochs 2] [--batch 128 256] [--top-m 0 2] [--pool N]
+    python bench/gpu_epoch.py [--gpu] [--epochs 2 | --quick] [--batch 128 256] [--top-m 0 2] [--pool N]
 
 Data: an MNIST-sized IDX directory of generated canvas digits (60 000 training + 10 000 test images; 54 000
 train after the 10 % validation split), or real MNIST files when $MIXVAE_DATA_DIR or the cache holds them.
@@ -31,11 +31,13 @@ TARGETS = {0: "<= 2.5", 2: "<= 1"}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="let JAX use its default backend")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per setting (default 2)")
+    parser.add_argument("--quick", action="store_true", help="1 epoch per setting")
     parser.add_argument("--batch", type=int, nargs="+", default=[128])
     parser.add_argument("--top-m", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--pool", type=int, default=None, help="cap the images (a CPU try)")
     args = parser.parse_args()
+    args.epochs = args.epochs or (1 if args.quick else 2)
     common.header("gpu_epoch")
     results = common.Results("gpu_epoch")
     with common.fresh_dir() as tmp:
