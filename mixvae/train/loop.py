@@ -183,7 +183,9 @@ class Trainer:
         """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each.
 
         The three are traced one after the other (Python), then compiled at the same time: XLA's
-        compiler releases the interpreter, so on several cores the three compilations overlap.
+        compiler releases the interpreter, so on several cores the three compilations overlap. With
+        ``training.decode_chunks`` > 1 (memory before speed) they compile one after the other: three
+        large compilations at once raise the peak memory by hundreds of MB (docs/performance.md).
         """
         t0 = time.perf_counter()
         fns, state, placed = self.fns, self.state, self.placement.jit_options()
@@ -206,7 +208,8 @@ class Trainer:
         diagnostics = jax.jit(fns.diagnostics, **placed).lower(
             state.params, state.tau_counts, x, fixed, mask, temp, chunk_index, self.keys["eval"])
         lowered = {"epoch": epoch, "eval": evaluate, "diagnostics": diagnostics}
-        with ThreadPoolExecutor(len(lowered), thread_name_prefix="mixvae-compile") as pool:
+        workers = 1 if self.cfg.training.decode_chunks > 1 else len(lowered)
+        with ThreadPoolExecutor(workers, thread_name_prefix="mixvae-compile") as pool:
             futures = {name: pool.submit(low.compile) for name, low in lowered.items()}
             self.compiled.update({name: f.result() for name, f in futures.items()})
         self.evaluator.compiled = self.compiled["eval"]
