@@ -157,6 +157,21 @@ def fresh_dir(prefix: str = "mixvae-bench-", chdir: bool = True) -> Iterator[Pat
                     os.environ[WORKDIR_VAR] = old_workdir
 
 
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the block (subprocesses started in it inherit them)."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def child_env(directory: Path) -> dict[str, str]:
     """Environment of a `mixvae` subprocess: this one's, with `directory` as mixvae's working
     directory, a new local sqlite store in it, and the repository importable even when mixvae is not

@@ -104,11 +104,11 @@ def loop_cpu_clock(trainer) -> dict:
     return cpu
 
 
-def one_run(kind: str, epochs: int, tmp: Path, index: int) -> dict:
+def one_run(kind: str, epochs: int, tmp: Path, index: int, overrides: tuple[str, ...] = ()) -> dict:
     from mixvae.config import load_config
     from mixvae.tracking.writer import MemoryWriter
 
-    loaded = load_config("quick", [f"training.max_epochs={epochs}", "training.patience=null"])
+    loaded = load_config("quick", [f"training.max_epochs={epochs}", "training.patience=null", *overrides])
     run_dir = tmp / f"{kind}-{index}"
     clock = None
     if kind == "mlflow":
@@ -148,6 +148,8 @@ def one_run(kind: str, epochs: int, tmp: Path, index: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for both writers' runs (repeatable)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per writer (median compared)")
     parser.add_argument("--quick", action="store_true", help="one run per writer")
     parser.add_argument("--gpu", action="store_true", help="let JAX use its default backend")
@@ -160,13 +162,14 @@ def main() -> None:
     with common.fresh_dir() as tmp:
         # Warm-up (not counted): first-use costs of the process (lazy imports, the new store).
         for kind in ("memory", "mlflow"):
-            one_run(kind, 3, tmp, -1)
+            one_run(kind, 3, tmp, -1, tuple(args.set))
         for i in range(repeats):
             order = ("memory", "mlflow") if i % 2 == 0 else ("mlflow", "memory")
             for kind in order:
-                runs[kind].append(one_run(kind, args.epochs, tmp, i))
+                runs[kind].append(one_run(kind, args.epochs, tmp, i, tuple(args.set)))
 
-    config = f"quick ({args.epochs} epochs, patience off, seed 0; median of {repeats} run(s) per writer)"
+    config = (f"quick ({args.epochs} epochs, patience off, seed 0; median of {repeats} run(s) per writer)"
+              + "".join(f"; {item}" for item in args.set))
     memory = statistics.median(r["epochs_s"] for r in runs["memory"])
     mlflow = statistics.median(r["epochs_s"] for r in runs["mlflow"])
     listing = "; ".join(f"{k}: " + ", ".join(f"{r['epochs_s']:.2f}" for r in v) for k, v in runs.items())

@@ -33,7 +33,8 @@ def main() -> None:
     common.header("quick_e2e")
     results = common.Results("quick_e2e")
     with common.fresh_dir() as tmp:
-        run = common.train_process(args.config, [], tmp)
+        with common.environment(MIXVAE_COMPILATION_CACHE=str(tmp / "jax-cache")):  # empty: a first run
+            run = common.train_process(args.config, [], tmp)
     common.emit_train_process(results, Path(args.config).stem, run, "<= 60", "<= 90", "<= 1536", "<= 2560")
     results.finish()
 

@@ -6,7 +6,8 @@
 Order: validate_time (validate time), compile_time (compile time), throughput (quick throughput and
 the top-M speed-up), quick_e2e (end-to-end time and peak memory), dense (the dense setting beside the
 reference implementation), mlflow_overhead (MLflow overhead), compile_count (compile count),
-throughput --config mnist_conv (mnist_conv epoch time), throughput --heavy (the conv setting), and with
+throughput --config mnist_conv (mnist_conv epoch time), throughput --heavy (the conv setting), operators
+(the conv decoder's layers in each form, side by side), and with
 `--gpu` only gpu_epoch (conv at MNIST size on the GPU).
 Each script's JSON lines pass through to stdout (and to `--out` when given); after the last script,
 the table (bench/table.py: every measurement, beside the reference figure and the target, met or not)
@@ -46,6 +47,7 @@ BENCHES = (
     ("compile_count", "compile_count.py", []),
     ("mnist_conv", "throughput.py", ["--config", "mnist_conv"]),
     ("heavy", "throughput.py", ["--heavy"]),
+    ("operators", "operators.py", []),
     ("gpu_epoch", "gpu_epoch.py", []),
 )
 GPU_ONLY = {"gpu_epoch"}

@@ -10,7 +10,8 @@ from pathlib import Path
 from mixvae.cli.common import EXIT_RUNTIME, EXIT_USAGE, State, _fail, _out
 from mixvae.tracking.sync import sync_spool as _sync_spool
 
-RESUME_SAFE = ("training.max_epochs", "training.patience", "training.checkpoint_every", "training.devices")
+RESUME_SAFE = ("training.max_epochs", "training.patience", "training.checkpoint_every", "training.devices",
+               "training.decode_chunks")
 
 
 def resume(state: State, run_ref: str, config: str | None, items: list[str], shortcuts: dict, force: bool) -> None:
