@@ -211,10 +211,14 @@ def test_host_driven_epoch_matches_the_scanned_epoch(tmp_path):
         trainer.compile()
         trainer.run()
         results.append(untimed(writer.epochs[2]))
-    scanned, hosted = results
-    assert scanned.keys() == hosted.keys()
-    for key in scanned:
-        assert hosted[key] == pytest.approx(scanned[key], rel=1e-4, abs=1e-5), key
+    assert_same_metrics(*results)
+
+
+def assert_same_metrics(expected: dict, got: dict) -> None:
+    """Two trainings of the same model computed two ways: the same metrics within float tolerance."""
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
 
 
 CONV_HETERO = ["model.encoder_type=conv", "model.decoder_type=conv", "model.conv_channels=[4, 8]",
@@ -230,10 +234,7 @@ def test_decoding_in_rematerialised_chunks_trains_the_same_model(tmp_path):
         assert nnx.merge(trainer.graphdef, trainer.state.params).spec.decode_chunks == chunks
         trainer.run()
         results.append(untimed(writer.epochs[2]))
-    whole, chunked = results
-    assert whole.keys() == chunked.keys()
-    for key in whole:
-        assert chunked[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-5), key
+    assert_same_metrics(*results)
 
 
 # --- the loop's small parts, without training ----------------------------------------------------------
