@@ -82,10 +82,11 @@ def test_several_lines_of_one_row_and_the_other_lines_are_told_apart(monkeypatch
     assert len(every) == (len(table.ROWS) - 6) + 8 + 2
     names = [r[0] for r in every]
     assert len(names) == len(set(names))
-    assert [r[0] for r in every[:5]] == [
+    assert [r[0] for r in every[:6]] == [
         "dense: time per training step, σ per image", "dense: time per epoch",
         "dense: 20 epochs end to end, report and model included",
         "dense: the same, first run of the config (empty compilation cache)",
+        "dense: the same, a later run in the same directory (the store exists)",
         "dense, σ per pixel: time per training step"]
 
 

@@ -15,7 +15,6 @@ import functools
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,13 +179,9 @@ class Trainer:
     # --- compilation ----------------------------------------------------------------------------------
 
     def compile(self) -> float:
-        """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each.
-
-        The three are traced one after the other (Python), then compiled at the same time: XLA's
-        compiler releases the interpreter, so on several cores the three compilations overlap. With
-        ``training.decode_chunks`` > 1 (memory before speed) they compile one after the other: three
-        large compilations at once raise the peak memory by hundreds of MB (docs/performance.md).
-        """
+        """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each, one after
+        the other: compiling them at once was no faster on 2 cores and raised the peak memory by
+        hundreds of MB (docs/performance.md)."""
         t0 = time.perf_counter()
         fns, state, placed = self.fns, self.state, self.placement.jit_options()
         if fns.host_loop:
@@ -208,10 +203,7 @@ class Trainer:
         diagnostics = jax.jit(fns.diagnostics, **placed).lower(
             state.params, state.tau_counts, x, fixed, mask, temp, chunk_index, self.keys["eval"])
         lowered = {"epoch": epoch, "eval": evaluate, "diagnostics": diagnostics}
-        workers = 1 if self.cfg.training.decode_chunks > 1 else len(lowered)
-        with ThreadPoolExecutor(workers, thread_name_prefix="mixvae-compile") as pool:
-            futures = {name: pool.submit(low.compile) for name, low in lowered.items()}
-            self.compiled.update({name: f.result() for name, f in futures.items()})
+        self.compiled.update({name: low.compile() for name, low in lowered.items()})
         self.evaluator.compiled = self.compiled["eval"]
         self.diagnostics.compiled = self.compiled["diagnostics"]
         self.compile_time = time.perf_counter() - t0
