@@ -157,7 +157,11 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
                 extra_tags=extra_tags))
     except TrackingError as exc:
         console.error(f"error: {exc}")
+        _settle(pending)
         return Outcome(EXIT_RUNTIME)
+    except BaseException:  # Ctrl-C while the run is being opened
+        _settle(pending)
+        raise
     run = _Run(loaded, ds, writer, console, uri, uri_source, run_dir, t_start,
                Outcome(EXIT_RUNTIME, run_id=writer.run_id, phases=phases), verbose, epoch_hook)
     try:
@@ -319,6 +323,11 @@ def _log_traceback(run: _Run, trainer, reason: str, tb: str) -> None:
         pass
 
 
+def _settle(pending) -> None:
+    if pending is not None:
+        pending.settle()
+
+
 def _wait_for(run: _Run, pending):
     """The background trainer, attached to the run; → an Outcome instead when building or compiling
     it failed (FAILED with the reason) or Ctrl-C came first (KILLED: nothing to resume yet)."""
@@ -326,6 +335,7 @@ def _wait_for(run: _Run, pending):
         with _Phase(run.out.phases, "compile"):
             trainer = pending.wait()
     except KeyboardInterrupt:
+        _settle(pending)
         return _close(run, "KILLED", "interrupted before the first epoch", EXIT_INTERRUPTED)
     except Exception as exc:
         reason = _failure_reason(exc)

@@ -83,6 +83,11 @@ class BackgroundTrainer:
         self.thread = threading.Thread(target=work, name="mixvae-compile", daemon=True)
         self.thread.start()
 
+    def settle(self) -> None:
+        """Wait for the thread without its result: the process must not end while XLA compiles on it
+        (the runtime aborts a process that exits during a compilation)."""
+        self.thread.join()
+
     def wait(self) -> Trainer:
         """The compiled trainer (Ctrl-C still interrupts the wait); the thread's error is raised here."""
         while self.thread.is_alive():
