@@ -167,6 +167,7 @@ def train(loaded: Loaded, console: Console, *, cli_uri: str | None = None, exper
     try:
         return _train_in_run(run, resume_dir, resume_overrides, pending)
     finally:
+        _settle(pending)  # whatever ended the run, never leave XLA compiling on a thread at exit
         writer.close(timeout=30)
 
 
