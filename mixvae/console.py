@@ -89,7 +89,7 @@ class Console:
 PHASE_NAMES = {"startup": "start-up: interpreter, imports, config checks", "data": "data",
                "build": "build the model, optimiser and trainer",
                "store": "open the MLflow run (building and compiling meanwhile)",
-               "compile": "build and compile (the wait for it after the store)",
+               "compile": "compile (or the wait for the background build and compilation)",
                "epochs": "epochs", "final_evaluation": "final evaluation", "model": "model logging",
                "report": "report"}
 

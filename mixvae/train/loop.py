@@ -184,33 +184,27 @@ class Trainer:
     # --- compilation ----------------------------------------------------------------------------------
 
     def compile(self) -> float:
-        """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each, one after
-        the other: compiling them at once was no faster on 2 cores and raised the peak memory by
-        hundreds of MB (docs/performance.md)."""
+        """Ahead-of-time compile the epoch, evaluation and diagnostics functions, once each."""
         t0 = time.perf_counter()
         fns, state, placed = self.fns, self.state, self.placement.jit_options()
         if fns.host_loop:
             zero = jax.eval_shape(fns.zero_sums)
             self.zero_sums = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), zero)
-            epoch = jax.jit(fns.epoch_step, donate_argnums=(0, 1), **placed).lower(
+            self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1), **placed).lower(
                 state, self.zero_sums, self.train_x, self.train_y, self.train_c, example_schedule(self.k),
-                np.int32(1), np.int32(0), self.keys["shuffle"], self.keys["steps"])
+                np.int32(1), np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
         else:
-            epoch = jax.jit(fns.epoch, donate_argnums=(0,), **placed).lower(
+            self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,), **placed).lower(
                 state, self.train_x, self.train_y, self.train_c, example_schedule(self.k), np.int32(1),
-                self.keys["shuffle"], self.keys["steps"])
+                self.keys["shuffle"], self.keys["steps"]).compile()
         x = np.zeros((self.chunk, *self.ds.image_shape), F32)
         y, valid = np.zeros(self.chunk, np.int32), np.zeros(self.chunk, F32)
         mask, temp, chunk_index = np.ones(self.k, F32), np.float32(1.0), np.int32(0)
-        evaluate = jax.jit(fns.evaluate, **placed).lower(
-            state.params, state.tau_counts, x, y, valid, mask, temp, chunk_index, self.keys["eval"])
+        self.compiled["eval"] = self.evaluator.compiled = jax.jit(fns.evaluate, **placed).lower(
+            state.params, state.tau_counts, x, y, valid, mask, temp, chunk_index, self.keys["eval"]).compile()
         fixed = np.zeros((NUM_FIXED, *self.ds.image_shape), F32)
-        diagnostics = jax.jit(fns.diagnostics, **placed).lower(
-            state.params, state.tau_counts, x, fixed, mask, temp, chunk_index, self.keys["eval"])
-        lowered = {"epoch": epoch, "eval": evaluate, "diagnostics": diagnostics}
-        self.compiled.update({name: low.compile() for name, low in lowered.items()})
-        self.evaluator.compiled = self.compiled["eval"]
-        self.diagnostics.compiled = self.compiled["diagnostics"]
+        self.compiled["diagnostics"] = self.diagnostics.compiled = jax.jit(fns.diagnostics, **placed).lower(
+            state.params, state.tau_counts, x, fixed, mask, temp, chunk_index, self.keys["eval"]).compile()
         self.compile_time = time.perf_counter() - t0
         return self.compile_time
 
