@@ -184,6 +184,12 @@ def trained(tmp_path_factory) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The trainings behind `trained` take ~80 s: every test that reads them runs on one xdist worker, so the
+# module fixture is built once, not once per worker.
+TRAINED = pytest.mark.xdist_group("data_parallel_trained")
+
+
+@TRAINED
 @pytest.mark.parametrize("case, epochs", [("dense", 3), ("conv", 1)])
 def test_one_and_two_devices_give_the_same_metrics(trained, case, epochs):
     one, two = trained[f"{case}/1"], trained[f"{case}/2"]
@@ -197,6 +203,7 @@ def test_one_and_two_devices_give_the_same_metrics(trained, case, epochs):
     assert not bad, "\n".join(bad)
 
 
+@TRAINED
 def test_two_devices_split_the_batch_and_replicate_the_state(trained):
     for case in ("dense", "conv"):
         one, two = trained[f"{case}/1"], trained[f"{case}/2"]
@@ -207,6 +214,7 @@ def test_two_devices_split_the_batch_and_replicate_the_state(trained):
         assert two["chunk"] % 2 == 0
 
 
+@TRAINED
 def test_a_run_resumed_on_two_devices_continues_the_uninterrupted_one(trained):
     resumed, whole = trained["resumed/2"], trained["dense/1"]
     assert resumed["status"] == "FINISHED"

@@ -19,6 +19,10 @@ from mixvae.report.build import GENERATED_PREFIX, report_document, strip_generat
 from mixvae.report.plots import CATALOGUE, PlotSpec
 from mixvae.report.plots.common import resolve_config
 
+# The module fixture builds every scenario's report (~15 s): one xdist worker runs this module, so it
+# is built once.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 SECTIONS = ["## Configuration", "## Results", "## Loss curves and stability", "## Reconstructions",
             "## Mixture routing hardness and specialization", "## τ classifier", "## Component curriculum",
             "## Uncertainty", "## Plot status", "## Artifacts"]

@@ -20,6 +20,9 @@ from mixvae.metrics import keys as mk
 from mixvae.tracking.writer import MemoryWriter
 from mixvae.train.loop import Trainer
 
+# The module fixture trains for ~10 s: one xdist worker runs this module, so it is built once.
+pytestmark = pytest.mark.xdist_group("test_train")
+
 SMALL = ["model.hidden_dims=[32]", "model.num_components=4", "model.component_embedding_dim=4",
          "training.batch_size=64"]
 TIMING = ("training.epoch_time_sec", "training.steps_per_sec", "training.time_sec", "training.compile_time_sec",
