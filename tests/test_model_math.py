@@ -431,13 +431,66 @@ def test_usage_balance_is_zero_for_uniform_usage_and_positive_when_concentrated(
     assert float(losses.usage_balance(padded, valid_padded, pi_logits, mask)) == pytest.approx(0.0, abs=1e-6)
 
 
-def _objective_parts(cfg, factors, cluster_target=None):
+def _objective_parts(cfg, factors, cluster_target=None, neighbour_r=None):
     x = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1))
     model = MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(0))
     fwd = model(x, RouteCtx.default(cfg), train=False, key=jax.random.PRNGKey(5))
     labels, valid = -jnp.ones(6, jnp.int32), jnp.ones(6)
     f = losses.Factors(**{k: jnp.float32(v) for k, v in factors.items()})
-    return losses.objective(cfg, model, fwd, x, labels, valid, None, f, cluster_target)
+    return losses.objective(cfg, model, fwd, x, labels, valid, None, f, cluster_target, neighbour_r)
+
+
+def test_neighbour_disagreement_is_zero_when_both_pick_one_component_and_grows_as_they_part():
+    one_hot = jnp.eye(4)[jnp.array([0, 2])]
+    np.testing.assert_allclose(losses.neighbour_disagreement(one_hot, one_hot), [0.0, 0.0], atol=1e-6)
+    uniform = jnp.full((2, 4), 0.25)
+    np.testing.assert_allclose(losses.neighbour_disagreement(one_hot, uniform), [math.log(4)] * 2, rtol=1e-6)
+    # two confident images on different components: clipped, finite, large
+    apart = losses.neighbour_disagreement(one_hot[:1], one_hot[1:])
+    assert np.isfinite(apart).all() and float(apart[0]) > 10
+    # the gradient reaches both images' responsibilities
+    r = jnp.array([[0.7, 0.2, 0.1, 0.0]])
+    grad_a, grad_b = jax.grad(lambda a, b: losses.neighbour_disagreement(a, b).sum(), argnums=(0, 1))(r, r[:, ::-1])
+    assert float(jnp.abs(grad_a).sum()) > 0 and float(jnp.abs(grad_b).sum()) > 0
+
+
+def test_objective_adds_the_neighbour_term_with_its_weight():
+    cfg = _cfg(latent_layout="decentralized", neighbour_weight=3.0)
+    factors = {"kl_z": 1.0, "kl_c": 1.0, "cluster_init": 0.0}
+    base, base_terms = _objective_parts(cfg, factors)
+    assert "loss.neighbour" not in base_terms.step  # no neighbour responsibilities given: no term
+    neighbour_r = jnp.tile(jnp.eye(4)[:1], (6, 1))  # every neighbour sits on component 0
+    loss, terms = _objective_parts(cfg, factors, neighbour_r=neighbour_r)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1))
+    model = MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(0))
+    r = model(x, RouteCtx.default(cfg), train=False, key=jax.random.PRNGKey(5)).responsibilities
+    expected = 3.0 * float(jnp.mean(-jnp.log(r[:, 0])))
+    assert float(terms.step["loss.neighbour"]) == pytest.approx(expected, rel=1e-5)
+    assert float(loss) == pytest.approx(float(base) + expected, rel=1e-5)
+
+
+def test_responsibilities_alone_equal_those_of_the_forward_pass():
+    for cfg in (_cfg(latent_layout="decentralized"), _cfg(prior_type="vamp")):
+        x = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1))
+        model = MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(0))
+        ctx = RouteCtx.default(cfg)
+        fwd = model(x, ctx, train=True, key=jax.random.PRNGKey(5))
+        np.testing.assert_allclose(model.responsibilities(x, ctx), fwd.responsibilities, rtol=1e-5, atol=1e-7)
+
+
+def test_training_neighbours_are_the_nearest_other_images():
+    from mixvae.model.priors import training_neighbours
+    # images on a line: 0, 1, 2, 10, 11, 30 (pixel value), one duplicate of image 1
+    values = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 30.0, 1.0], np.float32)
+    train_x = np.broadcast_to(values[:, None, None, None], (7, 2, 2, 1)).copy()
+    cfg = _cfg(latent_layout="decentralized", neighbour_weight=1.0, neighbour_count=2)
+    nb = training_neighbours(cfg, train_x)
+    assert nb.shape == (7, 2) and nb.dtype == np.int32
+    assert all(i not in row for i, row in enumerate(nb))  # never itself
+    assert set(nb[0]) == {1, 6}  # the two images at distance 1
+    assert set(nb[3]) == {4, 2}
+    assert set(nb[1]) == {6, 0} or set(nb[1]) == {6, 2}  # its duplicate first
+    np.testing.assert_array_equal(nb, training_neighbours(cfg, train_x))  # the same every time
 
 
 def test_objective_is_the_weighted_sum_of_its_terms_with_the_schedule_factors():

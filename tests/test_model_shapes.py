@@ -173,9 +173,10 @@ def test_enabled_terms_names_every_loss_term_with_reasons():
     cfg = make_cfg({"c_regularizer": "logit_mog"})
     terms = enabled_terms(cfg, 0)
     assert set(terms) == {"loss.recon", "loss.kl_z", "loss.kl_c", "loss.kl_c_logit_mog", "loss.dirichlet",
-                          "loss.diversity", "loss.usage_balance", "loss.cluster_init", "loss.classifier",
-                          "loss.l1"}
+                          "loss.diversity", "loss.usage_balance", "loss.cluster_init", "loss.neighbour",
+                          "loss.classifier", "loss.l1"}
     assert terms["loss.usage_balance"] == "model.usage_balance_weight is 0"
+    assert terms["loss.neighbour"] == "model.neighbour_weight is 0"
     assert terms["loss.cluster_init"] == "model.cluster_init is 'none'"
     assert terms["loss.recon"] is None and terms["loss.kl_c_logit_mog"] is None
     assert terms["loss.kl_c"] == "model.c_regularizer is 'logit_mog'"

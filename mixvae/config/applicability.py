@@ -157,6 +157,7 @@ kl_c_term = first_reason(categorical_regularizer, _weight("kl_c_weight"))
 logit_mog_term = first_reason(logit_mog_regularizer, _weight("c_logit_prior_weight"))
 diversity_term = first_reason(mixture_prior, _weight("component_diversity_weight"))
 usage_balance_term = first_reason(mixture_prior, _weight("usage_balance_weight"))
+neighbour_term = first_reason(mixture_prior, _weight("neighbour_weight"))
 l1_term = _weight("l1_weight")
 
 
@@ -216,6 +217,8 @@ _CONFIG_KEYS: dict[str, Condition] = {
     "model.component_diversity_weight": mixture_prior,
     "model.latent_kl_weighting": decentralized_latents,
     "model.usage_balance_weight": mixture_prior,
+    "model.neighbour_weight": mixture_prior,
+    "model.neighbour_count": neighbour_term,
     "model.cluster_init": mixture_prior,
     "model.cluster_init_epochs": warm_start_clustering,
     "model.cluster_init_weight": warm_start_clustering,

@@ -12,12 +12,15 @@ from mixvae.config.schema import Config
 def config_hash(cfg: Config, with_seed: bool = True) -> str:
     """What the run computes, hashed: neither naming, tracking, the device count nor the decode chunks
     (one device or several, one chunk or several, give the same results within float tolerance, and
-    the hash of every config stays the same)."""
+    the hash of every config stays the same), nor the neighbour term's keys while it is off."""
     d = to_dict(cfg)
     d.pop("experiment")
     d.pop("tracking")
     d["training"].pop("devices")
     d["training"].pop("decode_chunks")
+    if d["model"]["neighbour_weight"] == 0:  # the term is off: its keys change nothing (older hashes hold)
+        d["model"].pop("neighbour_weight")
+        d["model"].pop("neighbour_count")
     if not with_seed:
         d["training"].pop("seed")
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))

@@ -51,6 +51,8 @@ DECLARED: list[MetricKey] = [
     _k("loss.diversity", "loss", "min", _TVS, "component_diversity_weight · H(mean r)", A.diversity_term),
     _k("loss.usage_balance", "loss", "min", _TVS, "usage_balance_weight · KL(batch-mean r ‖ π^A)",
        A.usage_balance_term),
+    _k("loss.neighbour", "loss", "none", (TRAIN,), "neighbour_weight · −log Σ_k r_k(x) r_k(x′), x′ one of the "
+       "image's nearest training images; not part of loss.total", A.neighbour_term),
     _k("loss.cluster_init", "loss", "none", (TRAIN,), "γ(n) · cluster_init_weight · CE(r, warm-start cluster); "
        "not part of loss.total", A.warm_start_clustering),
     _k("loss.classifier", "loss", "min", _TVS, "label_weight · cross-entropy over labeled images", A.classifier_loss),

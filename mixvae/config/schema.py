@@ -169,6 +169,8 @@ class ModelConfig(_Section):
     component_diversity_weight: float = 0.0
     latent_kl_weighting: Literal["responsibility", "uniform"] = "responsibility"
     usage_balance_weight: float = Field(0.0, ge=0)
+    neighbour_weight: float = Field(0.0, ge=0)
+    neighbour_count: int = Field(5, ge=1, le=100)
     cluster_init: Literal["none", "kmeans"] = "none"
     cluster_init_epochs: int = Field(10, ge=1)
     cluster_init_weight: float = Field(1.0, gt=0)

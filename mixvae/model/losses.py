@@ -25,7 +25,11 @@ _PIXEL_AXES = (-3, -2, -1)
 # the valid images, a mean over the labeled images, or one value per batch.
 IMAGE_TERMS = ("loss.recon", "loss.kl_z", "loss.kl_c", "loss.kl_c_logit_mog")
 LABELED_TERMS = ("loss.classifier",)
-STEP_TERMS = ("loss.dirichlet", "loss.diversity", "loss.usage_balance", "loss.cluster_init", "loss.l1")
+STEP_TERMS = ("loss.dirichlet", "loss.diversity", "loss.usage_balance", "loss.cluster_init", "loss.neighbour",
+              "loss.l1")
+# Terms that guide training from the training set alone (a clustering of it, its neighbour graph): they
+# have no value on validation or test images and are not part of loss.total.
+TRAINING_AIDS = ("loss.cluster_init", "loss.neighbour")
 LOSS_TERMS = IMAGE_TERMS + LABELED_TERMS + STEP_TERMS
 
 
@@ -142,6 +146,15 @@ def cluster_cross_entropy(responsibilities: jax.Array, target: jax.Array, active
     return -jnp.log(jnp.maximum(picked, 1e-8))
 
 
+def neighbour_disagreement(responsibilities: jax.Array, neighbour_responsibilities: jax.Array) -> jax.Array:
+    """−log Σ_k r_k(x) r_k(x′) for each image x and its neighbour x′ → [B] (the sum clipped away from 0).
+
+    Small when both images put their mass on the same component; the gradient flows through both.
+    """
+    agreement = jnp.sum(responsibilities * neighbour_responsibilities, axis=-1)
+    return -jnp.log(jnp.maximum(agreement, 1e-8))
+
+
 def head_cross_entropy(class_logits: jax.Array, labels: jax.Array) -> jax.Array:
     """CE_b = −log softmax(class_logits_b)_{y_b} → [B]; any value where y_b = −1."""
     safe_labels = jnp.where(labels >= 0, labels, 0)
@@ -253,16 +266,19 @@ def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def objective(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.Array, tau_counts: jax.Array | None,
-              factors: Factors, cluster_target: jax.Array | None = None) -> tuple[jax.Array, Terms]:
+              factors: Factors, cluster_target: jax.Array | None = None,
+              neighbour_responsibilities: jax.Array | None = None) -> tuple[jax.Array, Terms]:
     """What the optimiser minimises for one batch (docs/model.md, "The objective"):
 
         L =  𝔼_b [ recon_b + β·kl_z_b + κ·(kl_c_b + logit_mog_b) ]       over the valid images
            + 𝔼_{b labeled} [ classifier_b ]
            + usage_balance + dirichlet + diversity + l1                 once per batch
            + γ·𝔼_b [ −log r_{b, a_b} ]                                  warm-start clustering a
+           + λ_nb·𝔼_b [ −log Σ_k r_{b,k} r′_{b,k} ]                      r′ = a nearest neighbour's r
 
     Every term carries its configured weight (``compute_terms``); β, κ and γ are the schedule factors.
-    Returns (L, terms); the warm-start term appears in ``terms.step['loss.cluster_init']`` with γ applied.
+    Returns (L, terms); the two training aids appear in ``terms.step`` (``loss.cluster_init`` with γ
+    applied, ``loss.neighbour``).
     """
     terms = compute_terms(cfg, model, fwd, x, labels, valid, tau_counts)
     per_image = {k: _masked_mean(v, valid) for k, v in terms.image.items()}
@@ -279,4 +295,9 @@ def objective(cfg, model, fwd, x: jax.Array, labels: jax.Array, valid: jax.Array
             cluster_cross_entropy(fwd.responsibilities, cluster_target, fwd.active_mask), valid)
         loss = loss + warm
         terms = terms.replace(step={**terms.step, "loss.cluster_init": warm})
+    if neighbour_responsibilities is not None:
+        agree = cfg.model.neighbour_weight * _masked_mean(
+            neighbour_disagreement(fwd.responsibilities, neighbour_responsibilities), valid)
+        loss = loss + agree
+        terms = terms.replace(step={**terms.step, "loss.neighbour": agree})
     return loss, terms

@@ -328,6 +328,16 @@ class MixVAE(nnx.Module):
             fwd = fwd.replace(class_logits=self.classifier_head(head_input, train=train, key=dropout_key))
         return fwd
 
+    def responsibilities(self, x: jax.Array, ctx: RouteCtx) -> jax.Array:
+        """r(x) [B, K] as the training forward pass computes it, without decoding (the encoder's routing
+        logits, or for the VampPrior the pseudo-input components of the latent mean)."""
+        features, z_mean, _ = self.encode(x)
+        if self.spec.prior_type == "vamp":
+            pseudo_mean, pseudo_logvar = self.pseudo_posterior()
+            return priors.vamp_responsibilities(z_mean, pseudo_mean, pseudo_logvar, ctx.active_mask)
+        logits = routing.mask_logits(self.logits_head(features), ctx.active_mask, ctx.kick_bias)
+        return routing.masked_softmax(logits, ctx.active_mask)
+
     def _decode_components(self, fwd: Forward, features: jax.Array, ctx: RouteCtx, *, train: bool,
                            key: jax.Array) -> Forward:
         """Routing, top-M selection, per-component decoding and the blend x̂ = Σ_k w_k m_k."""

@@ -124,3 +124,20 @@ def warm_start_clusters(cfg, train_x: np.ndarray) -> np.ndarray:
                                                                                  replace=False))]
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(subset)
     return km.predict(flat).astype(np.int32)
+
+
+def training_neighbours(cfg, train_x: np.ndarray) -> np.ndarray:
+    """The model.neighbour_count nearest other training images of every training image (Euclidean
+    distance on the pixels) → int32 [N, k], for the neighbour-agreement term. Exact, and the same for
+    every seed: the graph depends on the data only."""
+    from sklearn.neighbors import NearestNeighbors  # lazy: keeps sklearn off the serving import path
+
+    flat = np.asarray(train_x, np.float32).reshape(len(train_x), -1)
+    k = min(cfg.model.neighbour_count, len(flat) - 1)
+    if k < 1:
+        raise ValueError(f"model.neighbour_weight needs at least 2 training images (got {len(flat)})")
+    _, index = NearestNeighbors(n_neighbors=k + 1).fit(flat).kneighbors(flat)
+    # Each image is normally its own nearest neighbour; drop it (or, among duplicates, the last column).
+    own = index == np.arange(len(flat))[:, None]
+    keep = np.where(own.any(axis=1, keepdims=True), ~own, np.arange(k + 1) < k)
+    return index[keep].reshape(len(flat), k).astype(np.int32)

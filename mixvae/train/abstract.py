@@ -71,7 +71,7 @@ def _trace_one_step(cfg, image_shape, num_labeled: int, n_train: int | None):
 
     def one_step(state, x, y, valid, sched, key):
         (obj, (fwd, terms, _)), grads = jax.value_and_grad(fns.objective, has_aux=True)(
-            state.params, x, y, y, valid, sched, key, state.tau_counts)  # y stands in for the warm-start targets
+            state.params, x, y, y, x, valid, sched, key, state.tau_counts)  # y, x stand in for the guides
         tx.update(grads, state.opt_state, state.params)
         return obj, fwd, terms
 

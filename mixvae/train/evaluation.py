@@ -16,6 +16,7 @@ from flax import nnx
 
 from mixvae.metrics import compute as mc
 from mixvae.model import tau as tau_lib
+from mixvae.model.losses import TRAINING_AIDS
 
 F32 = np.float32
 NO_LABELS = {"status": "skipped", "reason": "the split has no labels"}
@@ -66,8 +67,9 @@ def train_metrics(sums: dict, active_mask: np.ndarray) -> dict[str, float]:
     out = {k: float(v) / n for k, v in sums["image"].items()}
     out.update({k: float(v) / max(float(sums["n_labeled"]), 1.0) for k, v in sums["labeled"].items()})
     out.update({k: float(v) / steps for k, v in sums["step"].items()})
-    # loss.total: the model's terms only, comparable with validation (the warm-start aid is logged apart).
-    out["loss.total"] = float(sum(v for k, v in out.items() if k != "loss.cluster_init"))
+    # loss.total: the model's terms only, comparable with validation (the training-only aids, warm start
+    # and neighbour agreement, are logged apart).
+    out["loss.total"] = float(sum(v for k, v in out.items() if k not in TRAINING_AIDS))
     out["loss.objective"] = float(sums["loss.objective"]) / steps
     if "usage" in sums:
         usage = np.asarray(sums["usage"]) / n

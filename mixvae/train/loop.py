@@ -27,7 +27,7 @@ from flax import nnx
 from mixvae.config import config_hash, to_yaml
 from mixvae.model import MixVAE
 from mixvae.model import tau as tau_lib
-from mixvae.model.priors import init_pseudo_inputs, warm_start_clusters
+from mixvae.model.priors import init_pseudo_inputs, training_neighbours, warm_start_clusters
 from mixvae.train import checkpoint
 from mixvae.train.devices import Placement
 from mixvae.train.diagnostics import NUM_FIXED, EvalDiagnostics, record_epoch, save_history
@@ -118,10 +118,14 @@ class Trainer:
         self.state = place.replicate(self._initial_state())
         self.fns = Functions(cfg, self.graphdef, self.tx, image_shape=ds.image_shape, n_train=ds.n_train,
                              num_labeled=self.num_labeled, shard=place.shard_batch)
-        # Device-resident training data, with the warm-start cluster of every image (zeros when unused).
+        # Device-resident training data, with the guides of every image: its warm-start cluster and its
+        # nearest training neighbours (zeros when their term is off).
         self.train_x, self.train_y = place.replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)))
-        self.train_c = place.replicate(jnp.asarray(warm_start_clusters(cfg, ds.train_x) if self.fns.cluster_init
-                                                   else np.zeros(ds.n_train, np.int32)))
+        self.guides = place.replicate({
+            "cluster": jnp.asarray(warm_start_clusters(cfg, ds.train_x) if self.fns.cluster_init
+                                   else np.zeros(ds.n_train, np.int32)),
+            "neighbours": jnp.asarray(training_neighbours(cfg, ds.train_x) if self.fns.neighbours
+                                      else np.zeros((ds.n_train, 1), np.int32))})
         # Evaluation chunk: eval_batch_size images, or the larger split rounded up to a multiple of 8
         # (and of the device count).
         self.chunk = place.eval_chunk(t.eval_batch_size, max(ds.n_val, ds.n_test))
@@ -191,11 +195,11 @@ class Trainer:
             zero = jax.eval_shape(fns.zero_sums)
             self.zero_sums = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), zero)
             self.compiled["epoch"] = jax.jit(fns.epoch_step, donate_argnums=(0, 1), **placed).lower(
-                state, self.zero_sums, self.train_x, self.train_y, self.train_c, example_schedule(self.k),
+                state, self.zero_sums, self.train_x, self.train_y, self.guides, example_schedule(self.k),
                 np.int32(1), np.int32(0), self.keys["shuffle"], self.keys["steps"]).compile()
         else:
             self.compiled["epoch"] = jax.jit(fns.epoch, donate_argnums=(0,), **placed).lower(
-                state, self.train_x, self.train_y, self.train_c, example_schedule(self.k), np.int32(1),
+                state, self.train_x, self.train_y, self.guides, example_schedule(self.k), np.int32(1),
                 self.keys["shuffle"], self.keys["steps"]).compile()
         x = np.zeros((self.chunk, *self.ds.image_shape), F32)
         y, valid = np.zeros(self.chunk, np.int32), np.zeros(self.chunk, F32)
@@ -271,11 +275,11 @@ class Trainer:
         """Epoch n: one call of the scanned epoch, or one call per step when the host drives it."""
         fn = self.compiled["epoch"]
         if not self.fns.host_loop:
-            return fn(self.state, self.train_x, self.train_y, self.train_c, sched, np.int32(n),
+            return fn(self.state, self.train_x, self.train_y, self.guides, sched, np.int32(n),
                       self.keys["shuffle"], self.keys["steps"])
         state, sums = self.state, self.zero_sums
         for i in range(self.fns.steps):  # dispatched asynchronously; nothing is fetched until the end
-            state, sums = fn(state, sums, self.train_x, self.train_y, self.train_c, sched, np.int32(n),
+            state, sums = fn(state, sums, self.train_x, self.train_y, self.guides, sched, np.int32(n),
                              np.int32(i), self.keys["shuffle"], self.keys["steps"])
         return state, sums
 

@@ -33,6 +33,7 @@ F32 = jnp.float32
 STREAM_INIT, STREAM_SHUFFLE, STREAM_STEPS, STREAM_EVAL = 0, 1, 2, 3
 # The diagnostics draw their soft Gumbel sample from the chunk's evaluation key folded with this.
 _DIAGNOSTICS_GUMBEL_STREAM = 7
+_NEIGHBOUR_STREAM = 8  # folded into a step's key: which neighbour each image meets
 
 
 @flax.struct.dataclass
@@ -158,6 +159,7 @@ class Functions:
         groups = {"image": IMAGE_TERMS, "labeled": LABELED_TERMS, "step": STEP_TERMS}
         self.terms = {group: [name for name in names if name in enabled] for group, names in groups.items()}
         self.cluster_init = "loss.cluster_init" in enabled  # the warm-start term is on
+        self.neighbours = "loss.neighbour" in enabled       # the neighbour-agreement term is on
         self.conv = "conv" in (m.encoder_type, m.decoder_type)
 
     @functools.cached_property
@@ -177,26 +179,37 @@ class Functions:
 
     # --- the train step -------------------------------------------------------------------------
 
-    def objective(self, params, x, y, c, valid, sched: Schedule, key, tau_counts):
+    def objective(self, params, x, y, c, x_nb, valid, sched: Schedule, key, tau_counts):
         """The training objective on one batch → (L, (forward pass, terms, labeled mask)).
 
-        ``c`` holds the warm-start clusters of the images (ignored unless that term is on).
+        ``c`` holds the warm-start clusters of the images and ``x_nb`` one nearest training neighbour of
+        each (each ignored unless its term is on).
         """
         model = self._model(params)
-        fwd = model(x, sched.route(), train=True, key=key)
+        ctx = sched.route()
+        fwd = model(x, ctx, train=True, key=key)
+        r_nb = model.responsibilities(x_nb, ctx) if self.neighbours else None
         loss, terms = losses.objective(self.cfg, model, fwd, x, y, valid, self._tau(tau_counts), sched.factors(),
-                                       c if self.cluster_init else None)
+                                       c if self.cluster_init else None, r_nb)
         labeled = tau_lib.labeled_mask(y, valid)
         return loss, (fwd, terms, labeled)
 
-    def train_step(self, state: TrainState, sums, train_x, train_y, train_c, bidx, bvalid, sched: Schedule,
+    def train_step(self, state: TrainState, sums, train_x, train_y, guides, bidx, bvalid, sched: Schedule,
                    steps_key):
         """One optimiser step on the batch ``bidx``: the gradient of the objective, the optimiser update,
-        τ evidence from this step's responsibilities (before the update) and the epoch's running sums."""
-        x, y, c, bvalid = self.shard((train_x[bidx], train_y[bidx], train_c[bidx], bvalid))
+        τ evidence from this step's responsibilities (before the update) and the epoch's running sums.
+
+        ``guides`` holds per training image its warm-start cluster ``cluster`` [N] and its nearest
+        training neighbours ``neighbours`` [N, k]; each image meets one of them, drawn at random."""
         key = jax.random.fold_in(steps_key, state.step)
+        x_nb = train_x[bidx]  # stands in (unused) while the neighbour term is off
+        if self.neighbours:
+            neighbours = guides["neighbours"][bidx]
+            pick = jax.random.randint(jax.random.fold_in(key, _NEIGHBOUR_STREAM), bidx.shape, 0, neighbours.shape[1])
+            x_nb = train_x[jnp.take_along_axis(neighbours, pick[:, None], axis=1)[:, 0]]
+        x, y, c, x_nb, bvalid = self.shard((train_x[bidx], train_y[bidx], guides["cluster"][bidx], x_nb, bvalid))
         grad_fn = jax.value_and_grad(self.objective, has_aux=True)
-        (loss, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, c, bvalid, sched, key,
+        (loss, (fwd, terms, labeled)), grads = grad_fn(state.params, x, y, c, x_nb, bvalid, sched, key,
                                                        state.tau_counts)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -216,18 +229,18 @@ class Functions:
         return state.replace(tau_counts=tau_lib.decay_counts(state.tau_counts, m.tau_smoothing_alpha,
                                                              m.tau_count_decay))
 
-    def epoch(self, state: TrainState, train_x, train_y, train_c, sched: Schedule, epoch, shuffle_key, steps_key):
+    def epoch(self, state: TrainState, train_x, train_y, guides, sched: Schedule, epoch, shuffle_key, steps_key):
         """One epoch: permute on the device, gather batches, lax.scan over the train steps."""
         idx, valid = epoch_batches(self.n_train, self.batch, self.steps, epoch, shuffle_key)
         state = self._decay_tau(state)
 
         def body(carry, batch):
-            return self.train_step(*carry, train_x, train_y, train_c, *batch, sched, steps_key), None
+            return self.train_step(*carry, train_x, train_y, guides, *batch, sched, steps_key), None
 
         (state, sums), _ = jax.lax.scan(body, (state, self.zero_sums()), (idx, valid))
         return state, sums
 
-    def epoch_step(self, state: TrainState, sums, train_x, train_y, train_c, sched: Schedule, epoch, step_in_epoch,
+    def epoch_step(self, state: TrainState, sums, train_x, train_y, guides, sched: Schedule, epoch, step_in_epoch,
                    shuffle_key, steps_key):
         """Step ``step_in_epoch`` of an epoch driven from the host (``host_loop``): the same permutation,
         batches, τ decay and sums as the scanned epoch, one compiled step per call."""
@@ -235,7 +248,7 @@ class Functions:
         if self.use_tau:
             decayed = self._decay_tau(state).tau_counts
             state = state.replace(tau_counts=jnp.where(step_in_epoch == 0, decayed, state.tau_counts))
-        return self.train_step(state, sums, train_x, train_y, train_c, idx[step_in_epoch], valid[step_in_epoch],
+        return self.train_step(state, sums, train_x, train_y, guides, idx[step_in_epoch], valid[step_in_epoch],
                                sched, steps_key)
 
     # --- the epoch's running sums -------------------------------------------------------------------
