@@ -34,11 +34,18 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from mixvae import compilation_cache
+
 # hermetic: Hypothesis keeps no example database and caches its constants outside the repository
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="mixvae-hypothesis-"))
-# JAX's persistent compilation cache of `mixvae train` goes to a temporary directory (one per test
-# process), never to the user's ~/.cache
-os.environ["MIXVAE_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="mixvae-jax-cache-")
+# JAX's persistent compilation cache: one temporary directory for the whole session, never the user's
+# ~/.cache. The xdist workers inherit it from the controller's environment (JAX locks the directory
+# while it reads or writes), and it is on in every test process, not only under `mixvae train`: the
+# many short trainings of one config then compile each program once. A cache hit still logs JAX's
+# "Finished XLA compilation" line, which the compile-count test reads.
+os.environ.setdefault("MIXVAE_TEST_JAX_CACHE", tempfile.mkdtemp(prefix="mixvae-jax-cache-"))
+os.environ["MIXVAE_COMPILATION_CACHE"] = os.environ["MIXVAE_TEST_JAX_CACHE"]
+compilation_cache.enable()
 settings.register_profile("hermetic", database=None)
 settings.load_profile("hermetic")
 

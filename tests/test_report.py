@@ -19,10 +19,6 @@ from mixvae.report.build import GENERATED_PREFIX, report_document, strip_generat
 from mixvae.report.plots import CATALOGUE, PlotSpec
 from mixvae.report.plots.common import resolve_config
 
-# The module fixture builds every scenario's report (~15 s): one xdist worker runs this module, so it
-# is built once.
-pytestmark = pytest.mark.xdist_group("test_report")
-
 SECTIONS = ["## Configuration", "## Results", "## Loss curves and stability", "## Reconstructions",
             "## Mixture routing hardness and specialization", "## τ classifier", "## Component curriculum",
             "## Uncertainty", "## Plot status", "## Artifacts"]
@@ -38,7 +34,7 @@ def assert_png_not_blank(path: Path) -> None:
     assert (pixels != pixels[0, 0]).any(), f"{path} is a single colour"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even if other modules' tests run in between
 def reports(tmp_path_factory):
     """One full build (plots, REPORT.md, REPORT.html) per scenario, shared by the tests below."""
     out = {}
