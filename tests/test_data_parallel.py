@@ -177,11 +177,15 @@ def _compare(a: dict[str, float], b: dict[str, float], where: str) -> list[str]:
 
 
 def _train_both(tmp: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(tmp)], env=_env(2), cwd=tmp,
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """TRAIN_SCRIPT's result, or {"error": why}: the workers waiting for it must learn of a failure."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(tmp)], env=_env(2), cwd=tmp,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            return {"error": proc.stderr[-3000:]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except Exception as exc:  # a timeout, unreadable output
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 @pytest.fixture(scope="session")

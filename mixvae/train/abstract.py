@@ -71,7 +71,8 @@ def _trace_one_step(cfg, image_shape, num_labeled: int, n_train: int | None):
 
     def one_step(state, x, y, valid, sched, key):
         (obj, (fwd, terms, _)), grads = jax.value_and_grad(fns.objective, has_aux=True)(
-            state.params, x, y, y, x, valid, sched, key, state.tau_counts)  # y, x stand in for the guides
+            state.params, x, y, y, x if fns.neighbours else None, valid, sched, key,
+            state.tau_counts)  # y stands in for the warm-start targets, x for the neighbours
         tx.update(grads, state.opt_state, state.params)
         return obj, fwd, terms
 

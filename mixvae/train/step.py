@@ -182,8 +182,8 @@ class Functions:
     def objective(self, params, x, y, c, x_nb, valid, sched: Schedule, key, tau_counts):
         """The training objective on one batch → (L, (forward pass, terms, labeled mask)).
 
-        ``c`` holds the warm-start clusters of the images and ``x_nb`` one nearest training neighbour of
-        each (each ignored unless its term is on).
+        ``c`` holds the warm-start clusters of the images (ignored unless that term is on) and ``x_nb``
+        one nearest training neighbour of each (None while the neighbour term is off).
         """
         model = self._model(params)
         ctx = sched.route()
@@ -202,7 +202,7 @@ class Functions:
         ``guides`` holds per training image its warm-start cluster ``cluster`` [N] and its nearest
         training neighbours ``neighbours`` [N, k]; each image meets one of them, drawn at random."""
         key = jax.random.fold_in(steps_key, state.step)
-        x_nb = train_x[bidx]  # stands in (unused) while the neighbour term is off
+        x_nb = None  # one nearest training neighbour per image, while the neighbour term is on
         if self.neighbours:
             neighbours = guides["neighbours"][bidx]
             pick = jax.random.randint(jax.random.fold_in(key, _NEIGHBOUR_STREAM), bidx.shape, 0, neighbours.shape[1])
