@@ -131,9 +131,16 @@ class DecoderBackbone(nnx.Module):
         if self.decoder_type == "conv":
             h = jax.nn.leaky_relu(self.to_map(h), CONV_SLOPE)
             h = h.reshape(h.shape[0], self.seed_hw[0], self.seed_hw[1], self.seed_channels)
+            subpixel = as_matmuls or TRANSPOSED_CONV_FORM == "subpixel"
             for deconv in self.deconvs:
-                h = jax.nn.leaky_relu(transposed_conv(deconv, h, as_matmuls), CONV_SLOPE)
+                h = jax.nn.leaky_relu(transposed_conv(deconv, h, as_matmuls) if subpixel else deconv(h), CONV_SLOPE)
         return h
+
+
+# How the decoder computes its stride-2 transposed convolutions: "subpixel" (``transposed_conv``) or "native"
+# (the layer itself: XLA's input-dilated convolution, cuDNN on a GPU). Both are the same operator (a test); the
+# sub-pixel form measured faster on the CPU and on an H100 (docs/performance.md). Benchmarks switch it to compare.
+TRANSPOSED_CONV_FORM = "subpixel"
 
 
 def conv3x3(layer: nnx.Conv | nnx.ConvTranspose, h: jax.Array) -> jax.Array:
