@@ -1,4 +1,4 @@
-from mixvae.cli import main
+from mixvae.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -91,6 +91,35 @@ def test_validate_console_script_subprocess():
     assert "warnings  none" in proc.stderr
 
 
+def test_console_entry_skips_finalisation_and_keeps_exit_code_and_output(tmp_path):
+    """The console entry leaves a finished command without the interpreter's finalisation (an object
+    torn down there is never finalised), yet the exit code and all of stdout, buffered into a pipe, come
+    through; MIXVAE_EXIT_FINALIZE=1 restores the usual ending."""
+    code = ("import os, sys\n"
+            "from mixvae import cli\n"
+            "class Noisy:\n"
+            "    def __del__(self, write=os.write):\n"
+            "        write(2, b'finalised\\n')\n"
+            "keep = Noisy()\n"
+            "sys.argv = ['mixvae'] + sys.argv[1:]\n"
+            "cli.run()\n")
+    results = {}
+    for finalize in ("0", "1"):
+        env = {**subprocess_env(), "MIXVAE_EXIT_FINALIZE": finalize}
+        ok = subprocess.run([sys.executable, "-c", code, "validate", "quick", "--print-config"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+        bad = subprocess.run([sys.executable, "-c", code, "validate", "quick", "--set", "model.num_components=-1",
+                              "--set", "training.batch_size=0"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert ok.returncode == 0, ok.stderr
+        assert bad.returncode == 2 and "2 problems" in bad.stderr, bad.stderr
+        results[finalize] = (ok.stdout, "finalised" in ok.stderr, "finalised" in bad.stderr)
+    assert results["0"][1:] == (False, False) and results["1"][1:] == (True, True)
+    assert results["0"][0] == results["1"][0]
+    printed = yaml.safe_load("\n".join(results["0"][0].splitlines()[2:]))
+    assert printed["model"]["num_components"] == 10 and "training" in printed
+
+
 def test_validation_path_does_not_import_mlflow_or_matplotlib(tmp_path):
     code = ("import sys\n"
             "from mixvae.cli import main\n"
