@@ -2,7 +2,8 @@
 docs/performance.md.
 
     python bench/gpu_epoch.py [--gpu] [--epochs 2 | --quick] [--batch 128 256] [--top-m 0 2]
-                               [--decode-chunks 1 20] [--transposed-conv subpixel native] [--pool N]
+                               [--decode-chunks 1 20] [--transposed-conv subpixel native]
+                               [--decode-dtype float32 bfloat16] [--pool N]
 
 Data: an MNIST-sized IDX directory of generated canvas digits (60 000 training + 10 000 test images; 54 000
 train after the 10 % validation split), or real MNIST files when $MIXVAE_DATA_DIR or the cache holds them.
@@ -41,6 +42,8 @@ def main() -> None:
                         help="training.decode_chunks for the all-decoded setting (rematerialised chunks)")
     parser.add_argument("--transposed-conv", nargs="+", default=["subpixel"], choices=("subpixel", "native"),
                         help="the decoder's transposed-convolution form (networks.TRANSPOSED_CONV_FORM)")
+    parser.add_argument("--decode-dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16"),
+                        help="training.decode_dtype: the decoder's arithmetic and activations")
     parser.add_argument("--pool", type=int, default=None, help="cap the images (a CPU try)")
     args = parser.parse_args()
     args.epochs = args.epochs or (1 if args.quick else 2)
@@ -52,10 +55,10 @@ def main() -> None:
         path = real or mnist_sized_idx(tmp / "mnist-sized")
         source = f"MNIST files in {real}" if real else "MNIST-sized generated IDX (60 000 + 10 000 canvas digits)"
         from mixvae.model import networks
-        settings = [(m, c, f) for m in args.top_m for c in (args.decode_chunks if m == 0 else [1])
-                    for f in args.transposed_conv]
+        settings = [(m, c, f, d) for m in args.top_m for c in (args.decode_chunks if m == 0 else [1])
+                    for f in args.transposed_conv for d in args.decode_dtype]
         for batch in args.batch:
-            for m, chunks, form in settings:
+            for m, chunks, form, dtype in settings:
                 networks.TRANSPOSED_CONV_FORM = form
                 model = {**HEAVY_MODEL, "top_m_gating": m, "sigma_granularity": "image"}
                 data = {"dataset": "mnist", "path": str(path)}
@@ -63,10 +66,12 @@ def main() -> None:
                     data["num_samples"] = args.pool
                 raw = {"experiment": {"name": f"gpu-top{m}"}, "data": data, "model": model,
                        "training": {"batch_size": batch, "max_epochs": args.epochs, "patience": None,
-                                    "decode_chunks": chunks}}
-                name = f"top{m}-b{batch}-c{chunks}-{form}"
+                                    "decode_chunks": chunks, "decode_dtype": dtype}}
+                name = f"top{m}-b{batch}-c{chunks}-{form}-{dtype}"
                 r = train_for(load(f"gpu-{name}", [], raw=raw), tmp / name)
                 what = "all 20 decoded" + (f", decode_chunks {chunks}" if chunks > 1 else "") if m == 0 else f"top-{m}"
+                if dtype != "float32":
+                    what += f", decoder in {dtype}"
                 if form != "subpixel":
                     what += f", {form} transposed convolution"
                 precision = os.environ.get("JAX_DEFAULT_MATMUL_PRECISION")

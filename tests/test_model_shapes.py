@@ -365,6 +365,36 @@ def test_every_component_decoded_blends_to_the_recon(layout):
     assert run._cache_size() == 1
 
 
+@pytest.mark.parametrize("decoder", ["conv", "dense"])
+def test_bfloat16_decoding_keeps_float32_weights_outputs_and_gradients(decoder):
+    """training.decode_dtype bfloat16: the decoder computes from bfloat16 copies of the float32 weights;
+    its outputs come back in float32, equal to the float32 decoder's to bfloat16's precision (and not
+    bit-equal: bfloat16 was used), and the gradient reaches every float32 decoder weight."""
+    model = {**TINY, "decoder_type": decoder, "reconstruction_loss": "mse", "use_heteroscedastic_decoder": True,
+             "sigma_granularity": "image"}
+    cfg32 = Config.model_validate({"model": model})
+    cfg16 = Config.model_validate({"model": model, "training": {"decode_dtype": "bfloat16"}})
+    graphdef32, params = nnx.split(MixVAE(cfg32, (8, 8, 1), rngs=nnx.Rngs(3)))
+    graphdef16, _ = nnx.split(MixVAE(cfg16, (8, 8, 1), rngs=nnx.Rngs(3)))
+    z = jax.random.normal(jax.random.PRNGKey(1), (6, D))
+    e = jax.random.normal(jax.random.PRNGKey(2), (6, cfg32.model.component_embedding_dim))
+    out32, sigma32 = nnx.merge(graphdef32, params).decode(z, e)
+    out16, sigma16 = nnx.merge(graphdef16, params).decode(z, e)
+    assert out16.dtype == sigma16.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out16), np.asarray(out32), rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(np.asarray(sigma16), np.asarray(sigma32), rtol=0.02)
+    assert not np.array_equal(np.asarray(out16), np.asarray(out32))
+
+    def loss(p):
+        out, sigma = nnx.merge(graphdef16, p).decode(z, e)
+        return jnp.sum(out ** 2) + jnp.sum(sigma)
+    grads = nnx.to_pure_dict(jax.grad(loss)(params))
+    for part in ("decoder", "output_head"):
+        leaves = jax.tree_util.tree_leaves(grads[part])
+        assert leaves and all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+        assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
+
+
 @pytest.mark.parametrize("shape,c_in,c_out", [((4, 7, 7, 8), 8, 4), ((3, 2, 3, 5), 5, 6), ((2, 1, 1, 3), 3, 2),
                                                ((2, 14, 14, 16), 16, 8)])
 def test_sub_pixel_form_equals_the_transposed_convolution(shape, c_in, c_out):

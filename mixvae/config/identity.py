@@ -12,7 +12,8 @@ from mixvae.config.schema import Config
 def config_hash(cfg: Config, with_seed: bool = True) -> str:
     """What the run computes, hashed: neither naming, tracking, the device count nor the decode chunks
     (one device or several, one chunk or several, give the same results within float tolerance, and
-    the hash of every config stays the same), nor the neighbour term's keys while it is off."""
+    the hash of every config stays the same), nor the neighbour term's keys while it is off, nor the
+    decoder's dtype while it is the default float32."""
     d = to_dict(cfg)
     d.pop("experiment")
     d.pop("tracking")
@@ -21,6 +22,8 @@ def config_hash(cfg: Config, with_seed: bool = True) -> str:
     if d["model"]["neighbour_weight"] == 0:  # the term is off: its keys change nothing (older hashes hold)
         d["model"].pop("neighbour_weight")
         d["model"].pop("neighbour_count")
+    if d["training"]["decode_dtype"] == "float32":  # the default: older hashes hold
+        d["training"].pop("decode_dtype")
     if not with_seed:
         d["training"].pop("seed")
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))

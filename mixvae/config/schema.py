@@ -252,6 +252,10 @@ class TrainingConfig(_Section):
     # Memory for speed: decode each batch's (image, component) items in this many chunks, each
     # recomputed in the backward pass instead of kept (rematerialisation). 1 = all at once, kept.
     decode_chunks: int = Field(1, ge=1)
+    # The decoder's arithmetic and activations in bfloat16 (master weights, losses and the optimiser stay
+    # float32): half the bytes that a decoder of many (image, component) items moves. Changes the numbers
+    # at bfloat16's precision; meant for accelerators.
+    decode_dtype: Literal["float32", "bfloat16"] = "float32"
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -52,6 +52,7 @@ class ModelSpec:
     dropout_rate: float
     latent_kl_weighting: str        # 'responsibility' | 'uniform' (decentralized layout)
     decode_chunks: int = 1          # decoded items split into this many rematerialised chunks
+    decode_dtype: str = "float32"   # the decoder's arithmetic and activations: 'float32' | 'bfloat16'
 
     @property
     def is_mixture_based(self) -> bool:
@@ -107,6 +108,7 @@ class ModelSpec:
             dropout_rate=float(m.dropout_rate),
             latent_kl_weighting=m.latent_kl_weighting,
             decode_chunks=int(cfg.training.decode_chunks),
+            decode_dtype=cfg.training.decode_dtype,
         )
 
 
@@ -157,6 +159,14 @@ def blended_sigma(fwd: Forward) -> jax.Array | None:
     if fwd.sigma.ndim == 2:
         variance = jnp.mean(variance, axis=(1, 2, 3))
     return jnp.sqrt(variance)
+
+
+def in_dtype(module: nnx.Module, dtype) -> nnx.Module:
+    """A copy of ``module`` whose floating-point weights are cast to ``dtype`` (a traced cast: the
+    gradient flows back to the float32 originals)."""
+    graphdef, state = nnx.split(module)
+    cast = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+    return nnx.merge(graphdef, cast)
 
 
 class MixVAE(nnx.Module):
@@ -262,9 +272,16 @@ class MixVAE(nnx.Module):
 
     def _decode_once(self, z: jax.Array, embedding: jax.Array | None,
                      as_matmuls: bool = False) -> tuple[jax.Array, jax.Array | None]:
-        h = self.decoder(z, as_matmuls)
-        h = self.conditioning(h, embedding)
-        return self.output_head(h, as_matmuls)
+        decoder, conditioning, output_head = self.decoder, self.conditioning, self.output_head
+        if self.spec.decode_dtype == "bfloat16":  # bfloat16 copies of the float32 weights; gradients reach them
+            decoder, conditioning, output_head = (in_dtype(part, jnp.bfloat16) for part in (decoder, conditioning, output_head))
+            z = z.astype(jnp.bfloat16)
+            embedding = None if embedding is None else embedding.astype(jnp.bfloat16)
+        h = decoder(z, as_matmuls)
+        h = conditioning(h, embedding)
+        out, sigma = output_head(h, as_matmuls)
+        # the likelihood and everything after it in float32
+        return out.astype(jnp.float32), None if sigma is None else sigma.astype(jnp.float32)
 
     def decode_items(self, z_items: jax.Array, e_items: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         """(image, component) pairs: latents [B, M, D], embeddings [B, M, E] → out [B, M, H, W, Ch], σ.
