@@ -43,6 +43,17 @@ def test_a_default_value_explicitly_set_never_warns(raw):
     assert warnings_of(raw) == []
 
 
+def test_bfloat16_decoder_on_the_cpu_warns():
+    """On the CPU backend (where the suite runs) the bfloat16 decoder is slower than float32: a warning."""
+    import jax
+    if jax.default_backend() != "cpu":
+        pytest.skip("the warning is for the CPU backend")
+    assert warnings_of({"training": {"decode_dtype": "bfloat16"}}) == [
+        "training.decode_dtype: bfloat16 on the CPU is slower than float32 there (XLA:CPU converts rather "
+        "than computing in bfloat16; docs/performance.md); it pays on a GPU"]
+    assert warnings_of({"training": {"decode_dtype": "float32"}}) == []
+
+
 def test_resolved_value_that_differs_from_the_derived_default_warns():
     lines = warnings_of({"model": {"prior_type": "vamp", "latent_dim": 8, "component_embedding_dim": 4}})
     assert lines == ["model.component_embedding_dim has no effect: model.prior_type is 'vamp': no component logits"]

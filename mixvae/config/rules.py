@@ -156,6 +156,12 @@ def _device_rules(cfg: Config, found: Findings) -> None:
             found.error(key, msg)
     for key, msg in device_problems(cfg):
         found.error(key, msg)
+    if cfg.training.decode_dtype == "bfloat16":
+        import jax
+        if jax.default_backend() == "cpu":
+            found.warn("training.decode_dtype", "bfloat16 on the CPU is slower than float32 there (XLA:CPU converts "
+                                                "rather than computing in bfloat16; docs/performance.md); it pays "
+                                                "on a GPU")
 
 
 # --- curriculum --------------------------------------------------------------------------------
