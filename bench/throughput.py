@@ -60,8 +60,8 @@ def train_for(loaded, run_dir: Path) -> dict:
         raise RuntimeError(f"training ended {result.status}: {result.reason}")
     m = result.summary_metrics
     epochs = max(result.epochs_completed, 1)
-    cost = trainer.compiled["epoch"].cost_analysis() or {}
-    cost = (cost[0] if cost else {}) if isinstance(cost, list) else cost
+    cost = trainer.compiled["epoch"].cost_analysis()  # a dict, or a list of one dict in older JAX
+    cost = (cost[0] if isinstance(cost, list) and cost else cost) or {}
     return {
         # XLA's own count for the compiled epoch function (a scanned epoch counts its step body once)
         "xla_flops": cost.get("flops"), "xla_bytes": cost.get("bytes accessed"),
