@@ -7,7 +7,8 @@ Each preset is one seed group (`mixvae train -c PRESET --seeds ...`, no model lo
 --reports) in a temporary sqlite store (or --tracking-uri); the children's summary metrics (test split)
 are read back from MLflow. The baselines are fitted on the training split and scored on the test split
 of the data split each run used, with random_state = the run's seed: k-means, a diagonal GMM and
-PCA + full GMM, K = model.num_classes; with labels also logistic regression on exactly mixvae's labelled
+PCA + full GMM, and t-SNE + k-means (mixvae's `cluster_init: tsne` warm-start clustering; a test image
+takes the cluster of its nearest training image), K = model.num_classes; with labels also logistic regression on exactly mixvae's labelled
 images (`train_y >= 0`) and 50-cluster k-means labelled by their majority vote. The tables (mean ± sample
 std over seeds, "–" where a row has no such metric) go to stdout and replace the `## PRESET` section of
 --out. Children inherit the environment (a JAX_COMPILATION_CACHE_DIR there is used).
@@ -112,6 +113,14 @@ def cluster(kind: str, xtr, xte, k: int, seed: int) -> np.ndarray:
     from sklearn.mixture import GaussianMixture
     if kind == "k-means":
         return np.eye(k)[KMeans(k, n_init=10, random_state=seed).fit(xtr).predict(xte)]
+    if kind == "t-SNE":
+        # mixvae's t-SNE warm-start clustering of the training images; a test image takes the
+        # cluster of its nearest training image (t-SNE embeds no new points)
+        from sklearn.neighbors import NearestNeighbors
+        from mixvae.model.priors import cluster_images
+        train_clusters = cluster_images("tsne", xtr, k, seed)
+        _, nearest = NearestNeighbors(n_neighbors=1).fit(xtr).kneighbors(xte)
+        return np.eye(k)[train_clusters[nearest[:, 0]]]
     if kind == "GMM diag":
         gmm = GaussianMixture(k, covariance_type="diag", reg_covar=REG_COVAR, random_state=seed)
         return gmm.fit(xtr).predict_proba(xte)
@@ -137,17 +146,18 @@ def classify(kind: str, xtr, ytr, xte, seed: int, num_classes: int) -> np.ndarra
 def baselines(ds, num_classes: int, seed: int) -> dict[str, dict]:
     """Baseline row label → metrics on the test split, for one seed."""
     # imported before the timers start
-    import sklearn.cluster, sklearn.decomposition, sklearn.linear_model, sklearn.mixture  # noqa: E401, F401
+    import sklearn.cluster, sklearn.decomposition, sklearn.linear_model, sklearn.manifold, sklearn.mixture  # noqa: E401, F401, E501
     from mixvae.metrics.compute import clustering_metrics, usage_metrics
     keep = ds.test_y >= 0  # test images with a label (all of them in the shipped data sets)
     xtr, c = ds.train_x.reshape(ds.n_train, -1), num_classes
     xte, y = ds.test_x[keep].reshape(int(keep.sum()), -1), ds.test_y[keep]
     names = {"k-means": f"k-means, pixels (K = {c})", "GMM diag": f"GMM diagonal, pixels (K = {c})",
              "PCA+GMM": f"PCA {min(50, xtr.shape[1])} + GMM full (K = {c})",
+             "t-SNE": f"t-SNE + k-means (K = {c}), test by nearest training image",
              "logreg": f"logistic regression, {ds.n_labeled} labels",
              "k-means 50": f"k-means 50 + majority vote, {ds.n_labeled} labels"}
     out = {}
-    for kind in ("k-means", "GMM diag", "PCA+GMM") + (("logreg", "k-means 50") if ds.n_labeled else ()):
+    for kind in ("k-means", "GMM diag", "PCA+GMM", "t-SNE") + (("logreg", "k-means 50") if ds.n_labeled else ()):
         t0 = time.perf_counter()
         if kind in ("logreg", "k-means 50"):
             metrics = {"clustering.acc": float(np.mean(classify(kind, xtr, ds.train_y, xte, seed, c) == y))}

@@ -408,6 +408,26 @@ def test_init_pseudo_inputs_random_and_kmeans():
         init_pseudo_inputs(cfg, train_x[:3])
 
 
+@pytest.mark.parametrize("method", ["kmeans", "tsne"])
+def test_warm_start_clustering_recovers_separated_groups(method, monkeypatch):
+    # three tight groups of 30 images in 64 pixels (above the 50 principal components t-SNE embeds)
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(size=(3, 64)) * 4
+    truth = np.repeat(np.arange(3), 30)
+    train_x = (centres[truth] + 0.05 * rng.normal(size=(90, 64))).astype(np.float32).reshape(90, 8, 8, 1)
+    clusters = priors.cluster_images(method, train_x, 3, seed=1)
+    assert clusters.dtype == np.int32 and clusters.shape == (90,)
+    # the same partition as the truth, up to the clusters' names
+    assert len(set(zip(clusters.tolist(), truth.tolist()))) == 3 == len(set(clusters.tolist()))
+    np.testing.assert_array_equal(clusters, priors.cluster_images(method, train_x, 3, seed=1))  # seeded
+    # above the cap a subsample is clustered and every other image joins its nearest clustered image
+    monkeypatch.setattr(priors, "KMEANS_MAX_IMAGES", 60)
+    capped = priors.cluster_images(method, train_x, 3, seed=1)
+    assert len(set(zip(capped.tolist(), truth.tolist()))) == 3
+    with pytest.raises(ValueError, match="'kmeans' or 'tsne'"):
+        priors.cluster_images("spectral", train_x, 3, seed=1)
+
+
 def test_vamp_responsibilities_follow_the_nearest_pseudo_component():
     pseudo_mean = jnp.asarray([[0.0, 0.0], [5.0, 5.0]])
     r = priors.vamp_responsibilities(jnp.asarray([[4.5, 5.2], [0.1, -0.3]]), pseudo_mean, jnp.zeros((2, 2)),

@@ -171,7 +171,7 @@ class ModelConfig(_Section):
     usage_balance_weight: float = Field(0.0, ge=0)
     neighbour_weight: float = Field(0.0, ge=0)
     neighbour_count: int = Field(5, ge=1, le=100)
-    cluster_init: Literal["none", "kmeans"] = "none"
+    cluster_init: Literal["none", "kmeans", "tsne"] = "none"
     cluster_init_epochs: int = Field(10, ge=1)
     cluster_init_weight: float = Field(1.0, gt=0)
     label_weight: float = Field(1.0, ge=0)

@@ -122,7 +122,7 @@ class Trainer:
         # nearest training neighbours (zeros when their term is off).
         self.train_x, self.train_y = place.replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)))
         self.guides = place.replicate({
-            "cluster": jnp.asarray(warm_start_clusters(cfg, ds.train_x) if self.fns.cluster_init
+            "cluster": jnp.asarray(self._warm_start_clusters() if self.fns.cluster_init
                                    else np.zeros(ds.n_train, np.int32)),
             "neighbours": jnp.asarray(training_neighbours(cfg, ds.train_x) if self.fns.neighbours
                                       else np.zeros((ds.n_train, 1), np.int32))})
@@ -146,6 +146,16 @@ class Trainer:
         """The run this trainer trains in: its writer and its local directory."""
         self.writer, self.run_dir = writer, Path(run_dir)
         writer.set_tags({"mixvae.devices": str(self.placement.count), "mixvae.processes": str(jax.process_count())})
+
+    def _warm_start_clusters(self) -> np.ndarray:
+        """The warm-start cluster of every training image (t-SNE takes a while: say so first)."""
+        method = {"kmeans": "k-means", "tsne": "t-SNE + k-means"}[self.cfg.model.cluster_init]
+        self.console.print(f"warm start: {method} clustering of {self.ds.n_train} training images into "
+                           f"{self.k} clusters")
+        started = time.perf_counter()
+        clusters = warm_start_clusters(self.cfg, self.ds.train_x)
+        self.console.debug(f"warm-start clustering took {time.perf_counter() - started:.1f} s")
+        return clusters
 
     def _initial_state(self) -> TrainState:
         """The model (pseudo-inputs from training images for the VampPrior), optimiser and τ counts."""
