@@ -283,6 +283,8 @@ def _print_training_header(run: _Run, trainer) -> None:
     what = f"{device.platform} ({os.cpu_count()} cores)" if device.platform == "cpu" else device.device_kind
     split = f" · data-parallel, {t.batch_size // count} images per device per batch" if count > 1 else ""
     console.print(f"  device      {f'{count} × ' if count > 1 else ''}{what}{split}")
+    if trainer.warm_start_note:
+        console.print(f"  warm start  {trainer.warm_start_note}")
     for w in run.loaded.warnings:
         console.print(f"  warning     {w}")
 
@@ -297,7 +299,8 @@ def _train(run: _Run, trainer):
                 with _Phase(run.out.phases, "compile"):
                     trainer.compile()
             seconds = trainer.compile_time
-            run.console.print(f"compiling … done in {seconds:.1f} s")
+            ahead = f" · {len(trainer.ahead)} epochs computed while the run opened" if trainer.ahead else ""
+            run.console.print(f"compiling … done in {seconds:.1f} s{ahead}")
             result = trainer.run()
             run.out.phases.update(trainer.timings)
         except KeyboardInterrupt:
