@@ -299,8 +299,7 @@ def _train(run: _Run, trainer):
                 with _Phase(run.out.phases, "compile"):
                     trainer.compile()
             seconds = trainer.compile_time
-            ahead = f" · {len(trainer.ahead)} epochs computed while the run opened" if trainer.ahead else ""
-            run.console.print(f"compiling … done in {seconds:.1f} s{ahead}")
+            run.console.print(f"compiling … done in {seconds:.1f} s")
             result = trainer.run()
             run.out.phases.update(trainer.timings)
         except KeyboardInterrupt:

@@ -353,28 +353,3 @@ def test_warm_start_pulls_the_routing_towards_its_clustering(tmp_path, short_run
 
     assert mass_on_cluster(trainer) > mass_on_cluster(plain) + 0.15  # measured: 0.58 against 0.27
 
-
-def test_epochs_computed_ahead_while_the_run_opens_are_the_epochs_of_the_loop(tmp_path, short_run):
-    """BackgroundTrainer computes epochs before the run exists; committed later, they give exactly
-    the metrics, checkpoints and summary of the same run trained epoch by epoch (short_run)."""
-    import time as _time
-    from mixvae.train.loop import BackgroundTrainer
-    _, plain_writer, plain_result = short_run
-    loaded = load_config("quick", SMALL + ["training.max_epochs=4", "training.patience=null"])
-    pending = BackgroundTrainer(loaded, load_dataset(loaded.config), Console(quiet=True), _time.perf_counter())
-    deadline = _time.monotonic() + 120
-    while (pending.trainer is None or len(pending.trainer.ahead) < 3) and pending.thread.is_alive() \
-            and _time.monotonic() < deadline:
-        _time.sleep(0.05)
-    trainer = pending.wait()
-    assert len(trainer.ahead) >= 3
-    writer = MemoryWriter(artifact_root=tmp_path / "a")
-    trainer.attach(writer, tmp_path / "run")
-    result = trainer.run()
-    assert trainer.epochs_ahead >= 3 and trainer.ahead == []
-    assert result.status == "FINISHED" and result.best_epoch == plain_result.best_epoch
-    assert sorted(writer.epochs) == sorted(plain_writer.epochs) == [1, 2, 3, 4]
-    for n in writer.epochs:
-        assert untimed(writer.epochs[n]) == untimed(plain_writer.epochs[n]), f"epoch {n}"
-    assert untimed(result.summary_metrics) == untimed(plain_result.summary_metrics)
-    assert (tmp_path / "run" / "checkpoints" / "last").is_dir()

@@ -40,8 +40,6 @@ from mixvae.train.summary import (curriculum_metrics, finite_declared, metrics_s
                                   summary_document, versions)
 
 F32 = np.float32
-# At most this many epochs are computed ahead while the MLflow run is being opened.
-AHEAD_MAX = 32
 
 
 class NonFiniteLoss(RuntimeError):
@@ -69,14 +67,11 @@ class TrainResult:
 
 class BackgroundTrainer:
     """A ``Trainer`` built and compiled on a thread, so that opening the MLflow run (Python and the
-    store) overlaps the model's initialisers and the compiler (which release the interpreter). Once
-    compiled, the thread goes on computing epochs ahead (``Trainer.compute_ahead``) until the run is
-    open and the trainer is asked for."""
+    store) overlaps the model's initialisers and the compiler (which release the interpreter)."""
 
-    def __init__(self, loaded, ds, console, t_start: float, *, ahead: bool = True):
+    def __init__(self, loaded, ds, console, t_start: float):
         self.trainer: Trainer | None = None
         self.error: BaseException | None = None
-        self.stop = threading.Event()  # set: the run is open, stop computing ahead
 
         def work():
             try:
@@ -85,42 +80,21 @@ class BackgroundTrainer:
                 self.trainer = trainer
             except BaseException as exc:  # handed to the waiting thread
                 self.error = exc
-                return
-            if ahead:
-                trainer.compute_ahead(self.stop)
         self.thread = threading.Thread(target=work, name="mixvae-compile", daemon=True)
         self.thread.start()
 
     def settle(self) -> None:
         """Wait for the thread without its result: the process must not end while XLA compiles on it
         (the runtime aborts a process that exits during a compilation)."""
-        self.stop.set()
         self.thread.join()
 
     def wait(self) -> Trainer:
         """The compiled trainer (Ctrl-C still interrupts the wait); the thread's error is raised here."""
-        self.stop.set()
         while self.thread.is_alive():
             self.thread.join(0.1)
         if self.error is not None:
             raise self.error
         return self.trainer
-
-
-@dataclass
-class ComputedEpoch:
-    """What epoch n computed on the device: its new state, its sums and its validation. Nothing of it
-    is the run's until the loop commits it."""
-    n: int
-    plan: Any
-    sched_logged: dict
-    temperature: float
-    state: TrainState
-    sums: dict
-    inside: float          # seconds inside the epoch function
-    train: dict
-    val: Any               # SplitResult of the validation split
-    seconds: float         # wall seconds to compute all of it
 
 
 class Trainer:
@@ -136,8 +110,6 @@ class Trainer:
         self.k = cfg.model.num_components
         self.num_labeled = ds.n_labeled
         self.warm_start_note: str | None = None
-        self.ahead: list[ComputedEpoch] = []  # epochs computed before the run was open (compute_ahead)
-        self.epochs_ahead = 0                  # how many of them the loop has committed
         self.root = jax.random.PRNGKey(t.seed)
         # The devices: batches split over them, everything else replicated (one device: left as is).
         self.placement = place = Placement.from_config(cfg)
@@ -282,75 +254,40 @@ class Trainer:
         return result
 
     def _epoch(self, n: int, started: float) -> bool:
-        """Epoch n: train and validate (or take the epoch computed ahead), guard, commit, decide, log and
-        checkpoint. True: stop early now."""
-        if self.ahead and self.ahead[0].n == n:
-            c = self.ahead.pop(0)
-            self.epochs_ahead += 1
-        else:
-            c = self._compute(n, self.state)
-        t_book = time.perf_counter()
-        self.last_temperature = c.temperature
-        self._check_finite(n, c.train, c.val.metrics)
-        self._commit(n, c.state, c.plan, c.inside)
-        events = self._decide(n, c.plan, c.train, c.val.metrics)
-        logged = self._epoch_metrics(c.plan, c.sched_logged, c.train, c.val.metrics, c.inside)
-        record_epoch(self.history, n, self.pi(self.state.params), c.sums, c.val, c.plan.active_mask, self.k)
-        epoch_time = c.seconds + time.perf_counter() - t_book
-        logged["train/training.epoch_time_sec"] = epoch_time
-        self._log_and_save(n, logged)
-        for e in events:
-            self.console.print(self.curriculum.describe(e))
-        self._progress(n, started, c.train, c.val.metrics, epoch_time)
-        if self.epoch_hook is not None and (why := self.epoch_hook(n, logged)):
-            raise StopRequested(why)
-        return self.stopper.should_stop()
-
-    def _compute(self, n: int, state: TrainState) -> ComputedEpoch:
-        """Epoch n from ``state`` (donated to the epoch function): the steps and the validation."""
+        """Epoch n: train, validate, guard, commit, decide, log and checkpoint. True: stop early now."""
         t_epoch = time.perf_counter()
         plan = self.curriculum.plan(n)
         sched, sched_logged = epoch_schedule(self.cfg, n, plan, self.num_labeled)
-        temp = temperature(self.cfg, n)
+        self.last_temperature = temperature(self.cfg, n)
         t_in = time.perf_counter()
-        new_state, sums = self.run_epoch(state, sched, n)
+        new_state, sums = self.run_epoch(sched, n)
         sums = jax.device_get(sums)  # the one host read of the epoch
         inside = time.perf_counter() - t_in
         train = train_metrics(sums, plan.active_mask)
         val = self.evaluator(new_state.params, new_state.tau_counts, self.ds.val_x, self.ds.val_y,
-                             plan.active_mask, temp)
-        return ComputedEpoch(n, plan, sched_logged, temp, new_state, sums, inside, train, val,
-                             time.perf_counter() - t_epoch)
+                             plan.active_mask, self.last_temperature)
+        self._check_finite(n, train, val.metrics)
+        self._commit(n, new_state, plan, inside)
+        events = self._decide(n, plan, train, val.metrics)
+        logged = self._epoch_metrics(plan, sched_logged, train, val.metrics, inside)
+        record_epoch(self.history, n, self.pi(self.state.params), sums, val, plan.active_mask, self.k)
+        epoch_time = time.perf_counter() - t_epoch
+        logged["train/training.epoch_time_sec"] = epoch_time
+        self._log_and_save(n, logged)
+        for e in events:
+            self.console.print(self.curriculum.describe(e))
+        self._progress(n, started, train, val.metrics, epoch_time)
+        if self.epoch_hook is not None and (why := self.epoch_hook(n, logged)):
+            raise StopRequested(why)
+        return self.stopper.should_stop()
 
-    def compute_ahead(self, stop: threading.Event) -> None:
-        """Before the run is open: compute the next epochs into ``self.ahead`` until ``stop`` is set.
-        The epochs are the same computation the loop would do (same state, schedule and keys), so
-        the loop commits them in order as if it had computed them itself. Not with the curriculum,
-        whose plan for an epoch depends on the epochs before it; at most AHEAD_MAX epochs (each
-        keeps a copy of its state for its checkpoint). A failure here stops the head start: the loop
-        computes that epoch again and meets the failure where it can report it."""
-        if self.curriculum.enabled:
-            return
-        state = jax.tree.map(jnp.copy, self.state)  # the epoch function consumes its input state
-        n = self.epoch + 1
-        try:
-            while not stop.is_set() and n <= self.cfg.training.max_epochs and len(self.ahead) < AHEAD_MAX:
-                c = self._compute(n, state)
-                state = c.state
-                c.state = jax.tree.map(jnp.copy, state)  # kept for this epoch's checkpoint
-                self.ahead.append(c)
-                n += 1
-        except Exception:
-            pass
-
-    def run_epoch(self, state: TrainState, sched, n: int):
-        """Epoch n from ``state``: one call of the scanned epoch, or one call per step when the host
-        drives it."""
+    def run_epoch(self, sched, n: int):
+        """Epoch n: one call of the scanned epoch, or one call per step when the host drives it."""
         fn = self.compiled["epoch"]
         if not self.fns.host_loop:
-            return fn(state, self.train_x, self.train_y, self.guides, sched, np.int32(n),
+            return fn(self.state, self.train_x, self.train_y, self.guides, sched, np.int32(n),
                       self.keys["shuffle"], self.keys["steps"])
-        sums = self.zero_sums
+        state, sums = self.state, self.zero_sums
         for i in range(self.fns.steps):  # dispatched asynchronously; nothing is fetched until the end
             state, sums = fn(state, sums, self.train_x, self.train_y, self.guides, sched, np.int32(n),
                              np.int32(i), self.keys["shuffle"], self.keys["steps"])
