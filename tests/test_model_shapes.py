@@ -378,8 +378,9 @@ def test_bfloat16_decoding_keeps_float32_weights_outputs_and_gradients(decoder):
     graphdef16, _ = nnx.split(MixVAE(cfg16, (8, 8, 1), rngs=nnx.Rngs(3)))
     z = jax.random.normal(jax.random.PRNGKey(1), (6, D))
     e = jax.random.normal(jax.random.PRNGKey(2), (6, cfg32.model.component_embedding_dim))
-    out32, sigma32 = nnx.merge(graphdef32, params).decode(z, e)
-    out16, sigma16 = nnx.merge(graphdef16, params).decode(z, e)
+    # jitted whole: op-by-op, every conv primitive of both precisions and their gradients compiled apart
+    out32, sigma32 = jax.jit(lambda p: nnx.merge(graphdef32, p).decode(z, e))(params)
+    out16, sigma16 = jax.jit(lambda p: nnx.merge(graphdef16, p).decode(z, e))(params)
     assert out16.dtype == sigma16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out16), np.asarray(out32), rtol=0.05, atol=0.05)
     np.testing.assert_allclose(np.asarray(sigma16), np.asarray(sigma32), rtol=0.02)
@@ -388,7 +389,7 @@ def test_bfloat16_decoding_keeps_float32_weights_outputs_and_gradients(decoder):
     def loss(p):
         out, sigma = nnx.merge(graphdef16, p).decode(z, e)
         return jnp.sum(out ** 2) + jnp.sum(sigma)
-    grads = nnx.to_pure_dict(jax.grad(loss)(params))
+    grads = nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))
     for part in ("decoder", "output_head"):
         leaves = jax.tree_util.tree_leaves(grads[part])
         assert leaves and all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in leaves)

@@ -120,6 +120,7 @@ def test_labelled_baselines_use_the_labelled_images_of_the_split(monkeypatch):
     assert ds.n_labeled == 100 and np.count_nonzero(ds.train_y >= 0) == 100
     result = quality_module.baselines(ds, 10, seed=0)
     assert set(result) == {"k-means, pixels (K = 10)", "GMM diagonal, pixels (K = 10)", "PCA 50 + GMM full (K = 10)",
+                           "t-SNE + k-means (K = 10), test by nearest training image",
                            "logistic regression, 100 labels", "k-means 50 + majority vote, 100 labels"}
     assert all(0.5 < m["clustering.acc"] <= 1 for m in result.values())  # far above chance on digits
     assert set(result["logistic regression, 100 labels"]) == {"clustering.acc", "wall", "kind"}
