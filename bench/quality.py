@@ -6,12 +6,12 @@
 Each preset is one seed group (`mixvae train -c PRESET --seeds ...`, no model logging, no reports unless
 --reports) in a temporary sqlite store (or --tracking-uri); the children's summary metrics (test split)
 are read back from MLflow. The baselines are fitted on the training split and scored on the test split
-of the data split each run used, with random_state = the run's seed: k-means, a diagonal GMM and
+of the data split each run used, with random_state = the run's seed: k-means, a diagonal GMM,
 PCA + full GMM, and t-SNE + k-means (mixvae's `cluster_init: tsne` warm-start clustering; a test image
-takes the cluster of its nearest training image), K = model.num_classes; with labels also logistic regression on exactly mixvae's labelled
-images (`train_y >= 0`) and 50-cluster k-means labelled by their majority vote. The tables (mean ± sample
-std over seeds, "–" where a row has no such metric) go to stdout and replace the `## PRESET` section of
---out. Children inherit the environment (a JAX_COMPILATION_CACHE_DIR there is used).
+takes the cluster of its nearest training image), K = model.num_classes; with labels also logistic
+regression on exactly mixvae's labelled images (`train_y >= 0`) and 50-cluster k-means labelled by
+their majority vote. The tables (mean ± sample std over seeds, "–" where a row has no such metric) go
+to stdout and replace the `## PRESET` section of --out. Children inherit the environment (a JAX_COMPILATION_CACHE_DIR there is used).
 """
 
 from __future__ import annotations
