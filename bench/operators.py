@@ -1,6 +1,6 @@
 """The conv decoder's layers, each form side by side in one process: what the rewrites buy.
 
-    python bench/operators.py [--items 2560] [--repeats 3] [--gpu]
+    python bench/operators.py [--items 2560] [--repeats 3] [--only conv|likelihood] [--gpu]
 
 The heavy setting decodes 2 560 (image, component) items per training step (batch 128 × K = 20)
 through the decoder [128 → 128 @ 7×7, stride 1] → [128 → 64, 7×7 → 14×14] → [64 → 32, 14×14 → 28×28].
@@ -14,6 +14,10 @@ For each stride-2 layer this times, forward and gradient (with respect to the in
 For the stride-1 layer: XLA's convolution against `networks.conv3x3` (one matmul), each on its own
 and inside a `lax.map` over 20 chunks (the rematerialised decode's loop), where XLA:CPU's
 convolutions are slow. Every form is checked against the layer first (max abs difference printed).
+
+Last, the dense decoder's output stage with σ per pixel: the likelihood (x − μ)²/(2σ²) + log σ as it
+was written before, against `mixvae.model.losses.gaussian_nll_pixel`'s ½((x − μ)/σ)² + log σ, with
+the two heads' matmuls and the gradient that runs through them.
 Ratios are the reference form's time over the new form's, measured in the same process.
 """
 
@@ -41,6 +45,44 @@ def zero_insertion(layer, h):
     out = jax.lax.conv_general_dilated(up, layer.kernel[...], (1, 1), ((2, 0), (2, 0)),
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return out + layer.bias[...]
+
+
+def nll_two_divisions(mean, sigma, x):
+    """The per-pixel Gaussian likelihood as written before: (x − μ)² / (2σ²) + log σ."""
+    import jax.numpy as jnp
+    from mixvae.model.losses import _LOG_2PI
+    per_pixel = jnp.square(x - mean) / (2.0 * jnp.square(sigma)) + jnp.log(sigma)
+    return jnp.sum(per_pixel, axis=(-3, -2, -1)) + 0.5 * math.prod(mean.shape[-3:]) * _LOG_2PI
+
+
+def likelihood_forms(items: int, repeats: int) -> dict:
+    """The dense decoder's output stage with σ per pixel: features h [items, 256] → the mean and σ
+    heads (256 → 784 each) → σ = 0.01 + 0.99·sigmoid(·) → the likelihood against the batch's images,
+    value and gradient with respect to h and both kernels, for each way of writing the likelihood.
+    → {form: (max |difference| of the value to the first form, seconds)}."""
+    import jax
+    import jax.numpy as jnp
+    from mixvae.model.losses import gaussian_nll_pixel
+    batch = math.gcd(items, 128)
+    k = jax.random.split(jax.random.PRNGKey(1), 4)
+    h = jax.random.normal(k[0], (items, 256))
+    w_mean, w_sigma = (0.05 * jax.random.normal(key, (256, 784)) for key in k[1:3])
+    x = jax.random.uniform(k[3], (batch, 1, 28, 28, 1))
+
+    def loss(nll):
+        def value(h, w_mean, w_sigma):
+            shape = (batch, items // batch, 28, 28, 1)
+            sigma = 0.01 + 0.99 * jax.nn.sigmoid((h @ w_sigma).reshape(shape))
+            return jnp.sum(nll((h @ w_mean).reshape(shape), sigma, x))
+        return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2)))
+
+    out, first = {}, None
+    for name, nll in (("two_divisions", nll_two_divisions), ("one_division", gaussian_nll_pixel)):
+        fn = loss(nll)
+        value = float(fn(h, w_mean, w_sigma)[0])
+        first = value if first is None else first
+        out[name] = (abs(value - first) / abs(first), best_of(fn, (h, w_mean, w_sigma), repeats * 3))
+    return out
 
 
 def best_of(fn, args, repeats: int) -> float:
@@ -85,6 +127,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2560, help="decoded items per step (batch × K)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--only", choices=("conv", "likelihood"), help="only the conv layers, or only the "
+                        "per-pixel likelihood")
     args = parser.parse_args()
     common.header("operators")
 
@@ -94,7 +138,7 @@ def main() -> None:
     from mixvae.model.networks import conv3x3, transposed_conv
     results = common.Results("operators")
     key = jax.random.PRNGKey(0)
-    layers = [(128, 64, 7, 2), (64, 32, 14, 2), (128, 128, 7, 1)]
+    layers = [(128, 64, 7, 2), (64, 32, 14, 2), (128, 128, 7, 1)] if args.only != "likelihood" else []
     for c_in, c_out, size, stride in layers:
         layer = nnx.ConvTranspose(c_in, c_out, (3, 3), strides=stride, padding="SAME", rngs=nnx.Rngs(0))
         h = jax.random.normal(key, (args.items, size, size, c_in))
@@ -117,6 +161,16 @@ def main() -> None:
             for old in names[:-1]:
                 results.emit(f"{what}{suffix}", f"gradient speed-up: {old} ÷ {new}",
                              timings[old][2] / timings[new][2], "×")
+    if args.only == "conv":
+        results.finish()
+        return
+    what = f"{args.items} items, dense output stage with σ per pixel (two 256 → 784 heads, sigmoid σ, likelihood)"
+    forms = likelihood_forms(args.items, args.repeats)
+    for name, (diff, seconds) in forms.items():
+        results.emit(f"{what}: {name}", "value_and_gradient", seconds * 1e3, "ms",
+                     note=f"relative difference of the value {diff:.1e}")
+    results.emit(what, "speed-up: two_divisions ÷ one_division",
+                 forms["two_divisions"][1] / forms["one_division"][1], "×")
     results.finish()
 
 

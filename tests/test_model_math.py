@@ -287,6 +287,27 @@ def test_heteroscedastic_pixel_nll_is_minimal_at_the_squared_error(x, mean, fact
         assert np.all(np.asarray(best) <= np.asarray(other) + 1e-4)
 
 
+def test_pixel_nll_as_written_for_speed_equals_the_textbook_form():
+    """gaussian_nll_pixel computes ½((x − μ)/σ)² + log σ over a flat pixel axis (faster on XLA:CPU):
+    values and gradients equal those of Σ_(H, W, Ch) (x − μ)²/(2σ²) + log σ, with the images broadcast
+    over the components as the objective does."""
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    mean = jax.random.normal(k[0], (4, 3, 5, 6, 1))
+    sigma = 0.01 + 0.99 * jax.nn.sigmoid(jax.random.normal(k[1], (4, 3, 5, 6, 1)))
+    x = jax.random.uniform(k[2], (4, 1, 5, 6, 1))
+
+    def textbook(mean, sigma, x):
+        per_pixel = jnp.square(x - mean) / (2.0 * jnp.square(sigma)) + jnp.log(sigma)
+        return jnp.sum(per_pixel, axis=(-3, -2, -1)) + 0.5 * 30 * math.log(2.0 * math.pi)
+
+    np.testing.assert_allclose(_nll_pixel(mean, sigma, x), jax.jit(textbook)(mean, sigma, x), rtol=1e-6)
+    assert _nll_pixel(mean, sigma, x).shape == (4, 3)
+    grads = [jax.jit(jax.grad(lambda m, s, f=f: jnp.sum(f(m, s, x) * jnp.arange(1.0, 13.0).reshape(4, 3)),
+                              argnums=(0, 1)))(mean, sigma) for f in (losses.gaussian_nll_pixel, textbook)]
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @SETTINGS
 @given(arrays((3, 4, 3, 2), 0.0, 1.0), arrays((3, 4, 3, 2), -2.0, 2.0), floats(0.5, 2.0))
 def test_heteroscedastic_image_nll_is_minimal_at_the_mean_squared_error(x, mean, factor):
