@@ -331,6 +331,22 @@ def test_bernoulli_loss_on_logits_equals_bce_on_probabilities(logits, x):
     np.testing.assert_allclose(_bernoulli(logits, x), bce, rtol=1e-4, atol=1e-4)
 
 
+def test_bernoulli_nll_over_flat_pixels_equals_the_sum_over_h_w_ch():
+    """bernoulli_nll sums over one flat pixel axis (faster on XLA:CPU): values and gradients equal
+    the sum over (H, W, Ch), with the images broadcast over the components as the objective does."""
+    k = jax.random.split(jax.random.PRNGKey(1), 2)
+    logits, x = 3.0 * jax.random.normal(k[0], (4, 3, 5, 6, 1)), jax.random.uniform(k[1], (4, 1, 5, 6, 1))
+
+    def by_axes(logits, x):
+        return jnp.sum(jax.nn.softplus(logits) - x * logits, axis=(-3, -2, -1))
+
+    np.testing.assert_allclose(_bernoulli(logits, x), jax.jit(by_axes)(logits, x), rtol=1e-6)
+    weights = jnp.arange(1.0, 13.0).reshape(4, 3)
+    got, want = (jax.jit(jax.grad(lambda o, f=f: jnp.sum(f(o, x) * weights)))(logits)
+                 for f in (losses.bernoulli_nll, by_axes))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_squared_error_is_the_sum_of_squares():
     x, mean = jnp.ones((1, 2, 2, 1)), jnp.zeros((1, 2, 2, 1))
     assert float(losses.squared_error(mean, x)[0]) == 4.0

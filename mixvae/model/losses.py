@@ -41,8 +41,12 @@ def pixels(a: jax.Array) -> jax.Array:
 
 
 def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
-    """ℓ = Σ_p [softplus(o_p) − x_p o_p]: the Bernoulli NLL on logits o, summed over the pixels."""
-    return jnp.sum(jax.nn.softplus(logits) - x * logits, axis=_PIXEL_AXES)
+    """ℓ = Σ_p [softplus(o_p) − x_p o_p]: the Bernoulli NLL on logits o, summed over the pixels.
+
+    Summed over one flat axis of H·W·Ch pixels rather than over (H, W, Ch) with Ch = 1: the same
+    sum, which XLA:CPU fuses with the output head's gradient far better (bench/operators.py)."""
+    logits, x = pixels(logits), pixels(x)
+    return jnp.sum(jax.nn.softplus(logits) - x * logits, axis=-1)
 
 
 def squared_error(mean: jax.Array, x: jax.Array) -> jax.Array:
@@ -54,8 +58,8 @@ def gaussian_nll_pixel(mean: jax.Array, sigma: jax.Array, x: jax.Array) -> jax.A
     """ℓ = Σ_p [(x_p − μ_p)² / (2σ_p²) + log σ_p] + (P/2) log 2π, one σ per pixel."""
     # Written as ½((x − μ)/σ)² (one division) and summed over one axis of pixels rather than over
     # (H, W, Ch) with Ch = 1: the same value, which XLA:CPU fuses with the σ head's matmul and its
-    # gradient far better (bench/operators.py: the per-pixel likelihood). The other likelihoods
-    # measured no faster, or slower, written this way.
+    # gradient far better (bench/operators.py: the per-pixel likelihood). Squared error and the
+    # per-image σ measured slower over a flat axis, so they keep the (H, W, Ch) sum.
     mean, sigma, x = pixels(mean), pixels(sigma), pixels(x)
     per_pixel = 0.5 * jnp.square((x - mean) / sigma) + jnp.log(sigma)
     return jnp.sum(per_pixel, axis=-1) + 0.5 * mean.shape[-1] * _LOG_2PI
