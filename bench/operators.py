@@ -60,7 +60,7 @@ def likelihood_forms(items: int, repeats: int) -> dict:
     """The dense decoder's output stage with σ per pixel: features h [items, 256] → the mean and σ
     heads (256 → 784 each) → σ = 0.01 + 0.99·sigmoid(·) → the likelihood against the batch's images,
     value and gradient with respect to h and both kernels, for each way of writing the likelihood.
-    → {form: (max |difference| of the value to the first form, seconds)}."""
+    → compare's {form: (relative difference of the value, seconds)}."""
     import jax
     import jax.numpy as jnp
     from mixvae.model.losses import gaussian_nll_pixel
@@ -77,14 +77,8 @@ def likelihood_forms(items: int, repeats: int) -> dict:
             return jnp.sum(nll((h @ w_mean).reshape(shape), sigma, x))
         return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2)))
 
-    out, first = {}, None
-    for name, nll in (("two_divisions", nll_two_divisions), ("one_division", gaussian_nll_pixel)):
-        fn = loss(nll)
-        value = float(fn(h, w_mean, w_sigma)[0])
-        first = value if first is None else first
-        out[name] = (abs(value - first) / abs(first), best_of(fn, (h, w_mean, w_sigma), repeats * 3))
-    return out
-
+    return compare({name: (loss(nll), (h, w_mean, w_sigma)) for name, nll in
+                    (("two_divisions", nll_two_divisions), ("one_division", gaussian_nll_pixel))}, repeats)
 
 def nll_bernoulli_axes(logits, x):
     """The Bernoulli likelihood as written before: summed over (H, W, Ch)."""
@@ -97,7 +91,7 @@ def bernoulli_forms(items: int, repeats: int) -> dict:
     """The dense decoder's output stage with a Bernoulli likelihood: h [items, 256] → the logits head
     (256 → 784) → the likelihood, value and gradient with respect to h and the kernel, summed over
     (H, W, Ch) as before and over one flat pixel axis (`mixvae.model.losses.bernoulli_nll`).
-    → {form: (relative difference of the value to the first form, seconds)}."""
+    → compare's {form: (relative difference of the value, seconds)}."""
     import jax
     import jax.numpy as jnp
     from mixvae.model.losses import bernoulli_nll
@@ -105,16 +99,23 @@ def bernoulli_forms(items: int, repeats: int) -> dict:
     k = jax.random.split(jax.random.PRNGKey(2), 3)
     h, w = jax.random.normal(k[0], (items, 256)), 0.05 * jax.random.normal(k[1], (256, 784))
     x = jax.random.uniform(k[2], (batch, 1, 28, 28, 1))
-    out, first = {}, None
+    forms = {}
     for name, nll in (("sum_over_h_w_ch", nll_bernoulli_axes), ("sum_over_pixels", bernoulli_nll)):
-        fn = jax.jit(jax.value_and_grad(
+        forms[name] = (jax.jit(jax.value_and_grad(
             lambda h, w, nll=nll: jnp.sum(nll((h @ w).reshape(batch, items // batch, 28, 28, 1), x)),
-            argnums=(0, 1)))
-        value = float(fn(h, w)[0])
-        first = value if first is None else first
-        out[name] = (abs(value - first) / abs(first), best_of(fn, (h, w), repeats * 3))
-    return out
+            argnums=(0, 1))), (h, w))
+    return compare(forms, repeats)
 
+
+def compare(forms: dict, repeats: int) -> dict:
+    """{form: (jitted value-and-gradient function, its arguments)} → {form: (relative difference of
+    the value to the first form's, best time in seconds)}."""
+    out, first = {}, None
+    for name, (fn, args) in forms.items():
+        value = float(fn(*args)[0])
+        first = value if first is None else first
+        out[name] = (abs(value - first) / abs(first), best_of(fn, args, repeats * 3))
+    return out
 
 def best_of(fn, args, repeats: int) -> float:
     import jax
@@ -159,7 +160,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--only", choices=("conv", "likelihood"), help="only the conv layers, or only the "
-                        "per-pixel likelihood")
+                        "two likelihoods' output stages")
     args = parser.parse_args()
     common.header("operators")
 

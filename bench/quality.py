@@ -11,7 +11,8 @@ PCA + full GMM, and t-SNE + k-means (mixvae's `cluster_init: tsne` warm-start cl
 takes the cluster of its nearest training image), K = model.num_classes; with labels also logistic
 regression on exactly mixvae's labelled images (`train_y >= 0`) and 50-cluster k-means labelled by
 their majority vote. The tables (mean ± sample std over seeds, "–" where a row has no such metric) go
-to stdout and replace the `## PRESET` section of --out. Children inherit the environment (a JAX_COMPILATION_CACHE_DIR there is used).
+to stdout and replace the `## PRESET` section of --out. Children inherit the environment (a
+JAX_COMPILATION_CACHE_DIR there is used).
 """
 
 from __future__ import annotations

@@ -114,15 +114,16 @@ def init_pseudo_inputs(cfg, train_x: np.ndarray) -> np.ndarray:
 def warm_start_clusters(cfg, train_x: np.ndarray) -> np.ndarray:
     """Cluster index a_b ∈ {0..K−1} of every training image → int32 [N], for the warm-start term.
 
-    At most 10 000 training images (subsampled with training.seed) are clustered; every image then
-    takes the cluster of its nearest clustered image (itself, when it was clustered).
+    At most 10 000 training images (subsampled with training.seed) are clustered.
 
-    kmeans: KMeans(n_clusters=K, n_init=10, random_state=training.seed) on the flattened pixels.
+    kmeans: KMeans(n_clusters=K, n_init=10, random_state=training.seed) on the flattened pixels; every
+    image then takes its nearest centroid.
     tsne: the pixels reduced to 50 principal components, embedded in 2-d by t-SNE (perplexity 30, or
     a third of the images on tiny splits; PCA initialisation, random_state=training.seed), and KMeans
     as above on that embedding. t-SNE keeps every image next to its nearest neighbours, so its
     clusters follow the digits' shapes rather than their ink (on MNIST-5k: 0.82 against 0.50 for
-    k-means on pixels).
+    k-means on pixels). t-SNE places no new points: an image left out of the embedding takes the
+    cluster of its nearest embedded image.
     """
     return cluster_images(cfg.model.cluster_init, train_x, cfg.model.num_components, cfg.training.seed)
 
