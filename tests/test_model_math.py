@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixvae.config import Config
-from mixvae.model import MixVAE, RouteCtx, compute_terms, init_pseudo_inputs, tau
+from mixvae.model import MixVAE, ModelSpec, RouteCtx, blended_sigma, compute_terms, init_pseudo_inputs, tau
 from mixvae.model import losses, priors, routing
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -345,6 +345,81 @@ def test_bernoulli_nll_over_flat_pixels_equals_the_sum_over_h_w_ch():
     got, want = (jax.jit(jax.grad(lambda o, f=f: jnp.sum(f(o, x) * weights)))(logits)
                  for f in (losses.bernoulli_nll, by_axes))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_squared_error_from_the_head_input_equals_the_squared_error_of_the_means():
+    """‖x − b − h′W‖² expanded (the means never formed) equals Σ_p (x_p − μ_p)², and the quadratic
+    form's own gradient equals automatic differentiation of the plain expression."""
+    k = jax.random.split(jax.random.PRNGKey(3), 4)
+    h, kernel = jax.random.normal(k[0], (4, 3, 5)), 0.3 * jax.random.normal(k[1], (5, 12))
+    bias, x = 0.1 * jax.random.normal(k[2], (12,)), jax.random.uniform(k[3], (4, 3, 4, 1))
+    weights = jnp.arange(1.0, 13.0).reshape(4, 3)
+
+    def expanded(h, kernel, bias):
+        return jnp.sum(weights * losses.squared_error_from_head(losses.LinearHead(h, kernel, bias), x))
+
+    def from_means(h, kernel, bias):
+        return jnp.sum(weights * losses.squared_error((h @ kernel + bias).reshape(4, 3, 3, 4, 1), x[:, None]))
+
+    def plain_quadratic(h, kernel):
+        return jnp.sum(weights * jnp.sum((h @ (kernel @ kernel.T)) * h, axis=-1))
+
+    got, want = (jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(h, kernel, bias) for f in (expanded, from_means))
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    custom, auto = (jax.jit(jax.grad(f, argnums=(0, 1)))(h, kernel) for f in
+                    (lambda h, w: jnp.sum(weights * losses.gram_quadratic_form(h, w)), plain_quadratic))
+    for a, b in zip(custom, auto):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _dense_squared_error_cfg(likelihood: str):
+    hetero = {"use_heteroscedastic_decoder": True, "sigma_granularity": "image"} if likelihood == "gaussian" else {}
+    return Config.model_validate({"model": {
+        "hidden_dims": [16], "num_components": 6, "num_classes": 3, "latent_dim": 2, "reconstruction_loss": "mse",
+        "latent_layout": "decentralized", **hetero}})
+
+
+@pytest.mark.parametrize("likelihood", ["mse", "gaussian"])
+def test_the_kept_dense_head_gives_the_same_loss_gradients_reconstruction_and_sigma(likelihood):
+    """Where the forward pass keeps the dense head (16×16 images, 6 components decoded), the recon term,
+    its gradients, x̂ and σ̂ equal those computed from the formed mean images."""
+    cfg = _dense_squared_error_cfg(likelihood)
+    graphdef, state = nnx.split(MixVAE(cfg, (16, 16, 1), rngs=nnx.Rngs(0)))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 16, 16, 1))
+
+    def recon_loss(state, keep_head: bool):
+        model = nnx.merge(graphdef, state)
+        fwd = model(x, RouteCtx.default(cfg), train=True, key=jax.random.PRNGKey(5))
+        assert fwd.head is not None
+        if not keep_head:
+            fwd = fwd.replace(head=None, recon=jnp.einsum("bm,bmhwc->bhwc", fwd.decoded_weight, fwd.out))
+        terms = compute_terms(cfg, model, fwd, x, -jnp.ones(6, jnp.int32), jnp.ones(6), None)
+        sigma = blended_sigma(fwd)
+        return jnp.sum(terms.image["loss.recon"]), (fwd.recon, jnp.zeros(()) if sigma is None else sigma)
+
+    (kept, (recon_kept, sigma_kept)), grads_kept = jax.jit(
+        jax.value_and_grad(lambda s: recon_loss(s, True), has_aux=True))(state)
+    (formed, (recon_formed, sigma_formed)), grads_formed = jax.jit(
+        jax.value_and_grad(lambda s: recon_loss(s, False), has_aux=True))(state)
+    np.testing.assert_allclose(kept, formed, rtol=1e-5)
+    np.testing.assert_allclose(recon_kept, recon_formed, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sigma_kept, sigma_formed, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads_kept), jax.tree_util.tree_leaves(grads_formed)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))  # float rounding
+
+
+def test_the_dense_head_is_kept_only_for_squared_errors_where_it_saves_multiplications():
+    spec = ModelSpec.from_config(_dense_squared_error_cfg("gaussian"), (28, 28, 1))
+    assert spec.expansion_pays(128, 20, 256)          # the reference's dense setting
+    assert not spec.expansion_pays(128, 2, 256)       # top-2: forming two means is cheaper
+    assert not spec.expansion_pays(128, 20, 1024)     # wider than the image
+    for model in ({"reconstruction_loss": "bce"}, {"use_heteroscedastic_decoder": True, "sigma_granularity": "pixel"},
+                  {"decoder_type": "conv"}):
+        cfg = Config.model_validate({"model": {"num_components": 20, "reconstruction_loss": "mse", **model}})
+        assert not ModelSpec.from_config(cfg, (28, 28, 1)).expansion_pays(128, 20, 256), model
+    bf16 = Config.model_validate({"model": {"reconstruction_loss": "mse"}, "training": {"decode_dtype": "bfloat16"}})
+    assert not ModelSpec.from_config(bf16, (28, 28, 1)).expansion_pays(128, 20, 256)
 
 
 def test_squared_error_is_the_sum_of_squares():

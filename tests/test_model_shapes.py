@@ -379,15 +379,15 @@ def test_bfloat16_decoding_keeps_float32_weights_outputs_and_gradients(decoder):
     z = jax.random.normal(jax.random.PRNGKey(1), (6, D))
     e = jax.random.normal(jax.random.PRNGKey(2), (6, cfg32.model.component_embedding_dim))
     # jitted whole: op-by-op, every conv primitive of both precisions and their gradients compiled apart
-    out32, sigma32 = jax.jit(lambda p: nnx.merge(graphdef32, p).decode(z, e))(params)
-    out16, sigma16 = jax.jit(lambda p: nnx.merge(graphdef16, p).decode(z, e))(params)
+    out32, sigma32 = jax.jit(lambda p: nnx.merge(graphdef32, p).decode(z, e)[:2])(params)
+    out16, sigma16 = jax.jit(lambda p: nnx.merge(graphdef16, p).decode(z, e)[:2])(params)
     assert out16.dtype == sigma16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out16), np.asarray(out32), rtol=0.05, atol=0.05)
     np.testing.assert_allclose(np.asarray(sigma16), np.asarray(sigma32), rtol=0.02)
     assert not np.array_equal(np.asarray(out16), np.asarray(out32))
 
     def loss(p):
-        out, sigma = nnx.merge(graphdef16, p).decode(z, e)
+        out, sigma, _ = nnx.merge(graphdef16, p).decode(z, e)
         return jnp.sum(out ** 2) + jnp.sum(sigma)
     grads = nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))
     for part in ("decoder", "output_head"):

@@ -70,9 +70,66 @@ def gaussian_nll_image(mean: jax.Array, sigma: jax.Array, x: jax.Array) -> jax.A
 
     ``sigma`` has the leading (batch) shape of ``mean`` without the pixel axes.
     """
-    num_pixels = math.prod(mean.shape[-3:])
-    return (jnp.sum(jnp.square(x - mean), axis=_PIXEL_AXES) / (2.0 * jnp.square(sigma))
-            + num_pixels * jnp.log(sigma) + 0.5 * num_pixels * _LOG_2PI)
+    return gaussian_nll_from_squared_error(squared_error(mean, x), sigma, math.prod(mean.shape[-3:]))
+
+
+def gaussian_nll_from_squared_error(sq_error: jax.Array, sigma: jax.Array, num_pixels: int) -> jax.Array:
+    """ℓ = SE / (2σ²) + P log σ + (P/2) log 2π from the squared error SE = Σ_p (x_p − μ_p)², one σ per image."""
+    return sq_error / (2.0 * jnp.square(sigma)) + num_pixels * jnp.log(sigma) + 0.5 * num_pixels * _LOG_2PI
+
+
+@struct.dataclass
+class LinearHead:
+    """A dense mean head and its inputs: the mean images are μ_m = h′_m W + b, never formed.
+
+    The forward pass keeps it, instead of relying on the means, where that needs fewer
+    multiplications (``ModelSpec.expansion_pays``)."""
+    features: jax.Array   # h′ [B, M, F], the conditioned feature vectors of the B·M decodes
+    kernel: jax.Array     # W [F, P]
+    bias: jax.Array       # b [P]
+
+
+def squared_error_from_head(head: LinearHead, x: jax.Array) -> jax.Array:
+    """Σ_p (x_p − μ_p)² of each decode's mean μ = h′W + b, without forming μ:
+
+        ‖x − b − h′W‖² = ‖x − b‖² − 2 h′·(W(x − b)) + h′ᵀ (W Wᵀ) h′
+
+    The same value (to float rounding). The Gram matrix W Wᵀ [F, F] and W(x − b) are computed once per
+    batch, so each of the B·M decodes costs F² multiplications instead of the F·P of its mean image
+    (and none of the elementwise work over its P pixels). With x = 0 it is Σ_p μ_p².
+
+    images x [B, H, W, Ch] with P pixels → [B, M].
+    """
+    centred = pixels(x) - head.bias                              # x − b            [B, P]
+    projected = centred @ head.kernel.T                          # W(x − b)         [B, F]
+    cross = jnp.einsum("bmf,bf->bm", head.features, projected)
+    quadratic = gram_quadratic_form(head.features, head.kernel)
+    return jnp.sum(jnp.square(centred), axis=-1)[:, None] - 2.0 * cross + quadratic
+
+
+@jax.custom_vjp
+def gram_quadratic_form(h: jax.Array, kernel: jax.Array) -> jax.Array:
+    """h′ᵀ (W Wᵀ) h′ = ‖h′W‖² for each row h′ [..., F] of the decodes, W [F, P] → [...].
+
+    Written with its own gradient: with G = W Wᵀ symmetric, ∂/∂h′ = 2 g·Gh′ reuses the forward pass's
+    Gh′, and ∂/∂W = 2 (Σ g h′h′ᵀ) W is one matmul in the natural layout. Automatic differentiation,
+    which cannot know that G is symmetric, spends one [B·M, F] × [F, F] matmul and a transposed
+    [F, F] × [F, P] one more (measured in bench/operators.py)."""
+    return jnp.sum((h @ (kernel @ kernel.T)) * h, axis=-1)
+
+
+def _gram_quadratic_forward(h, kernel):
+    hg = h @ (kernel @ kernel.T)
+    return jnp.sum(hg * h, axis=-1), (h, hg, kernel)
+
+
+def _gram_quadratic_backward(saved, g):
+    h, hg, kernel = saved
+    outer = jnp.einsum("...f,...g->fg", g[..., None] * h, h)   # Σ g h′h′ᵀ  [F, F], symmetric
+    return 2.0 * g[..., None] * hg, 2.0 * (outer @ kernel)
+
+
+gram_quadratic_form.defvjp(_gram_quadratic_forward, _gram_quadratic_backward)
 
 
 def image_nll(likelihood: str, out: jax.Array, sigma: jax.Array | None, x: jax.Array) -> jax.Array:
@@ -89,11 +146,18 @@ def image_nll(likelihood: str, out: jax.Array, sigma: jax.Array | None, x: jax.A
 def expected_nll(likelihood: str, fwd, x: jax.Array) -> jax.Array:
     """Per image: Σ_{k∈S} w_k ℓ(x; out_k) for component-decoding priors, ℓ(x; out) otherwise → [B].
 
-    This is ``loss.recon`` without ``recon_weight`` and the served ``reconstruction_error``.
+    This is ``loss.recon`` without ``recon_weight`` and the served ``reconstruction_error``. Where the
+    forward pass kept the dense head (``fwd.head``), the squared errors come from the head's inputs
+    (``squared_error_from_head``) instead of the mean images.
     """
     if fwd.decoded_weight is None:
         return image_nll(likelihood, fwd.out, fwd.sigma, x)
-    per_component = image_nll(likelihood, fwd.out, fwd.sigma, x[:, None])  # [B, M]
+    if fwd.head is None:
+        per_component = image_nll(likelihood, fwd.out, fwd.sigma, x[:, None])  # [B, M]
+    else:
+        sq_error = squared_error_from_head(fwd.head, x)
+        per_component = sq_error if likelihood == "mse" else gaussian_nll_from_squared_error(
+            sq_error, fwd.sigma, math.prod(x.shape[-3:]))
     return jnp.sum(fwd.decoded_weight * per_component, axis=-1)
 
 

@@ -10,6 +10,7 @@ gumbel, dropout) keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from flax import nnx, struct
 
 from mixvae.config import COMPONENT_DECODING, MIXTURE_BASED, resolved_conditioning
 from mixvae.model import priors, routing
+from mixvae.model.losses import LinearHead, squared_error_from_head
 from mixvae.model.networks import (ClassifierHead, Conditioning, DecoderBackbone, Encoder, OutputHead,
                                    bound_logvar)
 from mixvae.model.routing import RouteCtx
@@ -65,6 +67,18 @@ class ModelSpec:
     @property
     def decentralized(self) -> bool:
         return self.latent_layout == "decentralized"
+
+    def expansion_pays(self, batch: int, decoded: int, features: int) -> bool:
+        """Whether the forward pass keeps the dense mean head and its inputs h′ (``losses.LinearHead``)
+        so that the squared errors, x̂ and σ̂ come from h′ instead of the B·M mean images
+        (``losses.squared_error_from_head``): only for squared errors (``mse``, or one σ per image) of
+        a dense float32 head, and only when that needs fewer multiplications — the Gram matrix (F²P)
+        and W(x − b) (BFP) are paid once per batch, then F² per decode instead of FP."""
+        squared = self.likelihood == "mse" or (self.likelihood == "gaussian" and self.sigma_granularity == "image")
+        if not squared or self.decoder_type != "dense" or self.decode_dtype != "float32":
+            return False
+        n, pixels = batch * decoded, math.prod(self.image_shape)
+        return features * features * pixels + batch * features * pixels + n * features * features < n * features * pixels
 
     @staticmethod
     def from_config(cfg, image_shape: tuple[int, int, int]) -> "ModelSpec":
@@ -131,6 +145,7 @@ class Forward:
     out: jax.Array | None = None               # logits (bce) or means: [B, M, H, W, Ch] or [B, H, W, Ch]
     sigma: jax.Array | None = None             # like out (pixel) or [B, M] / [B] (image); heteroscedastic
     recon: jax.Array | None = None             # x̂ [B, H, W, Ch]
+    head: LinearHead | None = None             # the dense mean head and its inputs, where the expansion pays
     class_logits: jax.Array | None = None      # [B, C], classifier head only
     kl_z: jax.Array | None = None              # [B] latent KL per image, without kl_weight
     kl_per_component: jax.Array | None = None  # [B, K] KL(q(z_k|x) ‖ prior_k), decentralized only
@@ -153,6 +168,14 @@ def blended_sigma(fwd: Forward) -> jax.Array | None:
     if fwd.decoded_weight is None:
         return fwd.sigma
     w = fwd.decoded_weight
+    if fwd.head is not None and fwd.sigma.ndim == 2:
+        # The mean over pixels of Σ_k w_k (σ_k² + m_k²) − x̂², from Σ_p m_kp² without forming m_k (the
+        # per-pixel clamp at 0 never acts: with w ≥ 0 summing to 1 each pixel's mixture variance is ≥ 0).
+        num_pixels = math.prod(fwd.recon.shape[1:])
+        mean_square = squared_error_from_head(fwd.head, jnp.zeros_like(fwd.recon))  # Σ_p m_kp²  [B, M]
+        variance = (jnp.sum(w * jnp.square(fwd.sigma), axis=-1)
+                    + (jnp.sum(w * mean_square, axis=-1) - jnp.sum(jnp.square(fwd.recon), axis=(1, 2, 3))) / num_pixels)
+        return jnp.sqrt(jnp.maximum(variance, 0.0))
     sigma = fwd.sigma if fwd.sigma.ndim == 5 else fwd.sigma[:, :, None, None, None]
     second_moment = jnp.einsum("bm,bmhwc->bhwc", w, jnp.square(sigma) + jnp.square(fwd.out))
     variance = jnp.maximum(second_moment - jnp.square(fwd.recon), 0.0)
@@ -245,8 +268,12 @@ class MixVAE(nnx.Module):
         _, mean, logvar = self.encode(self.pseudo_inputs[...])
         return mean, logvar
 
-    def decode(self, z: jax.Array, embedding: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
-        """Latents [N, D] (and embeddings [N, E]) → (out [N, H, W, Ch], σ or None).
+    def decode(self, z: jax.Array, embedding: jax.Array | None) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """Latents [N, D] (and embeddings [N, E]) → (out [N, H, W, Ch], σ or None, head input h′ or None).
+
+        h′ [N, F] is what the output head maps to the image: the dense decoder's conditioned feature
+        vector, returned when the decode ran in one piece in float32 (for the squared-error
+        expansion, ``losses.squared_error_from_head``); None otherwise.
 
         With ``training.decode_chunks`` = C > 1 the N items are decoded in a loop over C chunks, each
         under rematerialisation: the backward pass recomputes one chunk's decoder activations when it
@@ -256,22 +283,24 @@ class MixVAE(nnx.Module):
         """
         n, chunks = z.shape[0], min(self.spec.decode_chunks, z.shape[0])
         if chunks <= 1:
-            return self._decode_once(z, embedding)
+            out, sigma, head_input = self._decode_once(z, embedding)
+            keep = self.spec.decoder_type == "dense" and self.spec.decode_dtype == "float32"
+            return out, sigma, head_input if keep else None
         graphdef, state = nnx.split(self)
         size = -(-n // chunks)
 
         @jax.checkpoint
         def decode_chunk(items):
-            return nnx.merge(graphdef, state)._decode_once(*items, as_matmuls=True)
+            return nnx.merge(graphdef, state)._decode_once(*items, as_matmuls=True)[:2]
 
         def chunked(a):  # [N, …] → [C, size, …], padded with zeros (decoded, then dropped)
             return jnp.pad(a, ((0, chunks * size - n),) + ((0, 0),) * (a.ndim - 1)).reshape(chunks, size, *a.shape[1:])
         out, sigma = jax.lax.map(decode_chunk, (chunked(z), None if embedding is None else chunked(embedding)))
         out = out.reshape(chunks * size, *out.shape[2:])[:n]
-        return out, None if sigma is None else sigma.reshape(chunks * size, *sigma.shape[2:])[:n]
+        return out, None if sigma is None else sigma.reshape(chunks * size, *sigma.shape[2:])[:n], None
 
     def _decode_once(self, z: jax.Array, embedding: jax.Array | None,
-                     as_matmuls: bool = False) -> tuple[jax.Array, jax.Array | None]:
+                     as_matmuls: bool = False) -> tuple[jax.Array, jax.Array | None, jax.Array]:
         decoder, conditioning, output_head = self.decoder, self.conditioning, self.output_head
         if self.spec.decode_dtype == "bfloat16":  # bfloat16 copies of the float32 weights; gradients reach them
             decoder, conditioning, output_head = (in_dtype(part, jnp.bfloat16) for part in (decoder, conditioning, output_head))
@@ -281,19 +310,23 @@ class MixVAE(nnx.Module):
         h = conditioning(h, embedding)
         out, sigma = output_head(h, as_matmuls)
         # the likelihood and everything after it in float32
-        return out.astype(jnp.float32), None if sigma is None else sigma.astype(jnp.float32)
+        return out.astype(jnp.float32), None if sigma is None else sigma.astype(jnp.float32), h
 
-    def decode_items(self, z_items: jax.Array, e_items: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        """(image, component) pairs: latents [B, M, D], embeddings [B, M, E] → out [B, M, H, W, Ch], σ.
+    def decode_items(self, z_items: jax.Array, e_items: jax.Array
+                     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """(image, component) pairs: latents [B, M, D], embeddings [B, M, E] → out [B, M, H, W, Ch], σ and
+        the head input h′ [B, M, F] (or None, as in ``decode``).
 
         The decoder runs on one batch of B·M items.
         """
         batch, m = z_items.shape[:2]
-        out, sigma = self.decode(z_items.reshape(batch * m, -1), e_items.reshape(batch * m, -1))
+        out, sigma, head_input = self.decode(z_items.reshape(batch * m, -1), e_items.reshape(batch * m, -1))
         out = out.reshape(batch, m, *self.spec.image_shape)
         if sigma is not None:
             sigma = sigma.reshape(batch, m, *sigma.shape[1:])
-        return out, sigma
+        if head_input is not None:
+            head_input = head_input.reshape(batch, m, -1)
+        return out, sigma, head_input
 
     def decode_every_component(self, z_mean: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         """Every component decoded from the posterior mean, ignoring routing and top-M:
@@ -306,7 +339,7 @@ class MixVAE(nnx.Module):
         batch, k = z_mean.shape[0], spec.num_components
         z_items = z_mean if spec.decentralized else jnp.broadcast_to(z_mean[:, None, :], (batch, k, spec.latent_dim))
         embeddings = self.embeddings[...]
-        out, sigma = self.decode_items(z_items, jnp.broadcast_to(embeddings, (batch, *embeddings.shape)))
+        out, sigma, _ = self.decode_items(z_items, jnp.broadcast_to(embeddings, (batch, *embeddings.shape)))
         return mean_images(spec, out), sigma
 
     # --- forward ------------------------------------------------------------------------------
@@ -327,7 +360,7 @@ class MixVAE(nnx.Module):
         if spec.is_component_decoding:
             fwd = self._decode_components(fwd, features, ctx, train=train, key=gumbel_key)
         else:
-            out, sigma = self.decode(z, None)
+            out, sigma, _ = self.decode(z, None)
             fwd = fwd.replace(out=out, sigma=sigma, recon=mean_images(spec, out))
 
         if spec.prior_type == "vamp":
@@ -372,11 +405,20 @@ class MixVAE(nnx.Module):
             z_items = jnp.broadcast_to(fwd.z[:, None, :], (batch, decoded, spec.latent_dim))
         embeddings = self.embeddings[...]
         e_items = embeddings[index] if gated else jnp.broadcast_to(embeddings, (batch, *embeddings.shape))
-        out, sigma = self.decode_items(z_items, e_items)
-        recon = jnp.einsum("bm,bmhwc->bhwc", weight, mean_images(spec, out))  # blends probabilities for bce
+        out, sigma, head_input = self.decode_items(z_items, e_items)
+        head = None
+        if head_input is not None and spec.expansion_pays(batch, decoded, head_input.shape[-1]):
+            # The squared errors and σ̂ then come from h′, and the per-decode means are never formed (XLA
+            # drops ``out`` when nothing reads it). x̂ = Σ_m w_m (h′_m W + b) = (Σ_m w_m h′_m) W + (Σ_m w_m) b.
+            mean_head = self.output_head.mean_head
+            head = LinearHead(features=head_input, kernel=mean_head.kernel[...], bias=mean_head.bias[...])
+            recon = (jnp.einsum("bm,bmf->bf", weight, head_input) @ head.kernel
+                     + jnp.sum(weight, axis=-1, keepdims=True) * head.bias).reshape(batch, *spec.image_shape)
+        else:
+            recon = jnp.einsum("bm,bmhwc->bhwc", weight, mean_images(spec, out))  # blends probabilities for bce
         return fwd.replace(logits=logits, responsibilities=routed.responsibilities, routing=routed.routing,
                            soft_sample=routed.soft_sample, decoded_index=index, decoded_weight=weight,
-                           out=out, sigma=sigma, recon=recon)
+                           out=out, sigma=sigma, recon=recon, head=head)
 
     def _gaussian_latent_kl(self, fwd: Forward) -> Forward:
         """KL_b for the standard, mixture and geometric_mog priors."""
