@@ -604,10 +604,15 @@ def test_objective_adds_the_neighbour_term_with_its_weight():
 def test_responsibilities_alone_equal_those_of_the_forward_pass():
     for cfg in (_cfg(latent_layout="decentralized"), _cfg(prior_type="vamp")):
         x = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1))
-        model = MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(MixVAE(cfg, (8, 8, 1), rngs=nnx.Rngs(0)))
         ctx = RouteCtx.default(cfg)
-        fwd = model(x, ctx, train=True, key=jax.random.PRNGKey(5))
-        np.testing.assert_allclose(model.responsibilities(x, ctx), fwd.responsibilities, rtol=1e-5, atol=1e-7)
+
+        @jax.jit  # jitted whole: op by op, every primitive would be compiled apart
+        def both(state, x):
+            model = nnx.merge(graphdef, state)
+            return model.responsibilities(x, ctx), model(x, ctx, train=True, key=jax.random.PRNGKey(5)).responsibilities
+        alone, in_forward = both(state, x)
+        np.testing.assert_allclose(alone, in_forward, rtol=1e-5, atol=1e-7)
 
 
 def test_training_neighbours_are_the_nearest_other_images():

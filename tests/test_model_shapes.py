@@ -406,17 +406,21 @@ def test_sub_pixel_form_equals_the_transposed_convolution(shape, c_in, c_out):
     layer.bias[...] = jax.random.normal(jax.random.PRNGKey(3), (c_out,))
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     weights = jax.random.normal(jax.random.PRNGKey(4), (shape[0], 2 * shape[1], 2 * shape[2], c_out))
-    expected = layer(x)
-    got = transposed_conv(layer, x)
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
-
     graphdef, params = nnx.split(layer)
 
-    def loss(params, x, form):
-        return jnp.sum(weights * form(nnx.merge(graphdef, params), x))
-    want = jax.grad(loss, argnums=(0, 1))(params, x, lambda m, x: m(x))
-    have = jax.grad(loss, argnums=(0, 1))(params, x, transposed_conv)
+    def layer_itself(m, x):
+        return m(x)
+
+    # each form jitted whole (op by op, every primitive and its gradient would be compiled apart)
+    def values_and_grads(form):
+        def loss(params, x):
+            return jnp.sum(weights * form(nnx.merge(graphdef, params), x))
+        return jax.jit(lambda p, x: (form(nnx.merge(graphdef, p), x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, x)
+
+    expected, want = values_and_grads(layer_itself)
+    got, have = values_and_grads(transposed_conv)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
     pairs = [("kernel", have[0]["kernel"][...], want[0]["kernel"][...]),
              ("bias", have[0]["bias"][...], want[0]["bias"][...]), ("input", have[1], want[1])]
     for name, a, b in pairs:
@@ -429,9 +433,13 @@ def test_decoder_forms_compute_the_same_map(monkeypatch):
     from mixvae.model import networks
     backbone = networks.DecoderBackbone((28, 28, 1), "conv", 2, (16, 8), (4, 8, 16), rngs=nnx.Rngs(5))
     z = jax.random.normal(jax.random.PRNGKey(6), (3, 2))
-    shipped = backbone(z)
+    graphdef, state = nnx.split(backbone)
+
+    def decode(state, z):  # jitted whole (op by op, every primitive would be compiled apart)
+        return nnx.merge(graphdef, state)(z)
+    shipped = jax.jit(decode)(state, z)
     monkeypatch.setattr(networks, "TRANSPOSED_CONV_FORM", "native")
-    native = backbone(z)
+    native = jax.jit(decode)(state, z)  # a new jitted function: traced again with the switch flipped
     assert shipped.shape == native.shape == (3, 28, 28, 4)
     np.testing.assert_allclose(np.asarray(shipped), np.asarray(native), rtol=1e-5, atol=1e-5)
 
