@@ -524,3 +524,44 @@ def test_default_local_store_and_ambiguous_prefixes(local_store, tmp_path):
         load_run(first.run_id[:10])
     assert first.run_id in str(excinfo.value) and twin in str(excinfo.value)
     assert load_run(first.run_id).run_id == first.run_id  # the full id stays unique
+
+
+def test_first_contact_asks_again_when_the_server_drops_the_connection_once(monkeypatch):
+    """A server that closes the first connection without an answer (seen once on a loaded CI machine)
+    and answers the next: connecting succeeds, with one request more."""
+    import http.server
+    import threading
+
+    from mixvae.tracking.connection import connect
+
+    requests = []
+
+    class DropFirst(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            requests.append(self.path)
+            if len(requests) == 1:  # close without a status line: the client sees RemoteDisconnected
+                self.close_connection = True
+                return
+            body = json.dumps({"experiments": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DropFirst)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            monkeypatch.delenv(name, raising=False)
+        connect(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(requests) == 2 and all("experiments/search" in path for path in requests)

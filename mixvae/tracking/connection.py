@@ -1,8 +1,7 @@
 """Reaching a tracking store: mixvae's MLflow settings for its own process, and `connect`.
 
-`connect(uri)` checks the URI, asks the store once, without retries and with a short timeout,
-whether it answers, and returns an `MlflowClient`; an unreachable store fails fast, before
-training starts, and a server that refuses the sign-in (MLflow's basic-auth app) says so, naming
+`connect(uri)` checks the URI, asks the store with a short timeout and one immediate retry whether
+it answers, and returns an `MlflowClient`; an unreachable store fails fast, before training starts, and a server that refuses the sign-in (MLflow's basic-auth app) says so, naming
 the user. Credentials never appear in these messages (see `mixvae.tracking_uri.redact`). Every later call relies on MLflow's own HTTP retries
 (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `..._BACKOFF_FACTOR`, `..._TIMEOUT`); mixvae only chooses their
 defaults, and a value the user set wins.
@@ -53,10 +52,15 @@ def prepare_mlflow() -> None:
 
 @contextlib.contextmanager
 def first_contact_settings() -> Iterator[None]:
-    """No HTTP retries and a short timeout while we only ask "is anybody there?"."""
+    """One immediate retry and a short timeout while we only ask "is anybody there?".
+
+    The retry is for a connection the server drops once without an answer (seen on a loaded machine:
+    `RemoteDisconnected` from a server that answered the next call). urllib3 makes a first retry
+    without waiting, so an unreachable store still fails within seconds: at once when nothing
+    listens, after at most twice the short timeout when nothing answers."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                             "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(FIRST_CONTACT_TIMEOUT_S)
     try:
         yield
