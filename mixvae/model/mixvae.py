@@ -271,9 +271,10 @@ class MixVAE(nnx.Module):
     def decode(self, z: jax.Array, embedding: jax.Array | None) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """Latents [N, D] (and embeddings [N, E]) → (out [N, H, W, Ch], σ or None, head input h′ or None).
 
-        h′ [N, F] is what the output head maps to the image: the dense decoder's conditioned feature
-        vector, returned when the decode ran in one piece in float32 (for the squared-error
-        expansion, ``losses.squared_error_from_head``); None otherwise.
+        h′ is what the output head maps to the image (the conditioned feature vector of a dense
+        decoder), returned when the decode ran in one piece, for the squared-error expansion
+        (``losses.squared_error_from_head``; ``ModelSpec.expansion_pays`` decides whether it is used);
+        None when decoded in chunks.
 
         With ``training.decode_chunks`` = C > 1 the N items are decoded in a loop over C chunks, each
         under rematerialisation: the backward pass recomputes one chunk's decoder activations when it
@@ -283,9 +284,7 @@ class MixVAE(nnx.Module):
         """
         n, chunks = z.shape[0], min(self.spec.decode_chunks, z.shape[0])
         if chunks <= 1:
-            out, sigma, head_input = self._decode_once(z, embedding)
-            keep = self.spec.decoder_type == "dense" and self.spec.decode_dtype == "float32"
-            return out, sigma, head_input if keep else None
+            return self._decode_once(z, embedding)
         graphdef, state = nnx.split(self)
         size = -(-n // chunks)
 
@@ -315,7 +314,7 @@ class MixVAE(nnx.Module):
     def decode_items(self, z_items: jax.Array, e_items: jax.Array
                      ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """(image, component) pairs: latents [B, M, D], embeddings [B, M, E] → out [B, M, H, W, Ch], σ and
-        the head input h′ [B, M, F] (or None, as in ``decode``).
+        the head input h′ [B, M, …] (or None, as in ``decode``).
 
         The decoder runs on one batch of B·M items.
         """
@@ -325,7 +324,7 @@ class MixVAE(nnx.Module):
         if sigma is not None:
             sigma = sigma.reshape(batch, m, *sigma.shape[1:])
         if head_input is not None:
-            head_input = head_input.reshape(batch, m, -1)
+            head_input = head_input.reshape(batch, m, *head_input.shape[1:])
         return out, sigma, head_input
 
     def decode_every_component(self, z_mean: jax.Array) -> tuple[jax.Array, jax.Array | None]:
